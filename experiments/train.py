@@ -1,0 +1,29 @@
+"""Train a bundled small masked-diffusion model (thin Hydra entry; the work is in focuslib.training).
+
+    python -m experiments.train train=tiny_llada time_budget_min=45 export_dir=focuslib/checkpoints/tiny-llada
+    python -m experiments.train train=tiny_sdar  time_budget_min=45 export_dir=focuslib/checkpoints/tiny-sdar
+    python -m experiments.train train=tiny_sdar resume=true        # continue outputs/train/tiny_sdar/last.pt
+
+Every field of `focuslib.training.TrainConfig` is a top-level key (model.* for the
+architecture); unknown keys are errors. The run directory is Hydra's output dir,
+outputs/train/<run_name> (git-ignored), so re-running with resume=true finds it.
+"""
+from __future__ import annotations
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from focuslib.training import TrainConfig, train
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    config: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    train(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""KV buffers and cache modes.
+
+A cache mode answers two questions at every step, per sequence and position:
+which positions must be computed now (`rows`), and which positions' cached K/V
+may be attended without recomputing them (`reusable`). Everything else (running
+layers, writing K/V, attending) is shared by all modes.
+
+| mode      | families        | rows computed at a step                          | exact? |
+|-----------|-----------------|--------------------------------------------------|--------|
+| `none`    | all             | every position (block families: up to block end) | yes    |
+| `prefix`  | full attention  | all at block start, else block + suffix          | no     |
+| `dual`    | full attention  | all at block start, else the block only          | no     |
+| `block`   | block diffusion | positions whose K/V is not final, up to block end | yes    |
+| `delayed` | block diffusion | like `block`, but a position freezes once it and its right neighbour are decoded | no |
+
+Shapes: B batch, T positions (+1 trash column where rows of padding write), G kv heads, D head dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+CACHE_MODES = {"full": ("none", "prefix", "dual"), "block_causal": ("none", "block", "delayed")}
+
+
+class KVCache:
+    """Preallocated K/V of every layer at every position, plus one trash column for padded rows."""
+
+    def __init__(self, n_layers: int, batch: int, positions: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        shape = (n_layers, batch, positions + 1, kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.trash = positions
+
+    def write(self, layer: int, pos: Tensor, valid: Tensor, k: Tensor, v: Tensor) -> None:
+        """Store k, v [B, L, G, D] of rows at positions pos [B, L]; rows with valid False go to the trash column."""
+        idx = torch.where(valid, pos, self.trash)[:, :, None, None].expand_as(k)
+        self.k[layer].scatter_(1, idx, k.to(self.k.dtype))
+        self.v[layer].scatter_(1, idx, v.to(self.v.dtype))
+
+
+@dataclass
+class BlockView:
+    """What a cache mode needs to know about the decoding state ([B, T] bool masks, True = property holds)."""
+
+    in_sequence: Tensor  # position exists for this sequence (prompt or generation region)
+    decoded: Tensor  # token is not a mask
+    before_block_end: Tensor  # position < end of the sequence's current block
+    in_block: Tensor  # position inside the current block
+    block_start_step: Tensor  # [B] True = this step is the first of the current block
+    block_last: Tensor  # position is the last one of its block (block families)
+    in_finished_block: Tensor  # position belongs to a block with no mask left (block families)
+
+
+class CacheMode:
+    """Base: decides rows to compute and K/V that may be reused; `update` sees what was computed."""
+
+    name = "none"
+    exact = True
+
+    def __init__(self, batch: int, positions: int, device: torch.device | str) -> None:
+        self.final = torch.zeros(batch, positions, dtype=torch.bool, device=device)  # True = cached K/V is final
+
+    def rows(self, v: BlockView) -> Tensor:
+        return v.in_sequence
+
+    def reusable(self, v: BlockView) -> Tensor:
+        return torch.zeros_like(v.in_sequence)
+
+    def update(self, v: BlockView, computed: Tensor) -> None:
+        """computed [B, T] bool: True = K/V of this position was written at every layer this step."""
+
+
+class NoCache(CacheMode):
+    """Recompute everything that can matter: the exact reference."""
+
+
+class BlockCausalNoCache(CacheMode):
+    """Block families without reuse: recompute every position up to the current block's end."""
+
+    def rows(self, v: BlockView) -> Tensor:
+        return v.in_sequence & v.before_block_end
+
+
+class PrefixCache(CacheMode):
+    """Fast-dLLM prefix cache: K/V before the block is reused between block refreshes."""
+
+    name, exact = "prefix", False
+
+    def rows(self, v: BlockView) -> Tensor:
+        refresh = v.block_start_step[:, None]
+        suffix = v.in_sequence & ~v.before_block_end
+        return v.in_sequence & (refresh | v.in_block | suffix)
+
+    def reusable(self, v: BlockView) -> Tensor:
+        return v.in_sequence & ~v.block_start_step[:, None]
+
+
+class DualCache(CacheMode):
+    """Fast-dLLM dual cache: prefix and suffix K/V reused, only the block recomputed."""
+
+    name, exact = "dual", False
+
+    def rows(self, v: BlockView) -> Tensor:
+        return v.in_sequence & (v.block_start_step[:, None] | v.in_block)
+
+    def reusable(self, v: BlockView) -> Tensor:
+        return v.in_sequence & ~v.block_start_step[:, None]
+
+
+class BlockCache(CacheMode):
+    """Block diffusion: K/V of finished blocks, written once with their final tokens, is reused."""
+
+    name = "block"
+
+    def rows(self, v: BlockView) -> Tensor:
+        return v.in_sequence & v.before_block_end & ~self.final
+
+    def reusable(self, v: BlockView) -> Tensor:
+        return self.final
+
+    def update(self, v: BlockView, computed: Tensor) -> None:
+        self.final |= computed & self.freezes(v)
+
+    def freezes(self, v: BlockView) -> Tensor:
+        return v.in_finished_block
+
+
+class DelayedCache(BlockCache):
+    """FOCUS's base: position p freezes once p and p+1 are decoded (or p ends its block and is decoded)."""
+
+    name, exact = "delayed", False
+
+    def freezes(self, v: BlockView) -> Tensor:
+        right_decoded = torch.nn.functional.pad(v.decoded[:, 1:], (0, 1), value=True)
+        return v.decoded & (right_decoded | v.block_last)
+
+
+_MODES = {
+    ("full", "none"): NoCache,
+    ("full", "prefix"): PrefixCache,
+    ("full", "dual"): DualCache,
+    ("block_causal", "none"): BlockCausalNoCache,
+    ("block_causal", "block"): BlockCache,
+    ("block_causal", "delayed"): DelayedCache,
+}
+
+
+def cache_mode_class(attention: str, name: str) -> type[CacheMode]:
+    """The cache mode class for a family's attention rule; a clear error for unknown or unsupported names."""
+    if (attention, name) in _MODES:
+        return _MODES[attention, name]
+    known = sorted({n for modes in CACHE_MODES.values() for n in modes})
+    if name not in known:
+        raise ValueError(f"unknown cache mode {name!r}; known: {known}")
+    raise ValueError(f"cache mode {name!r} is not supported for {attention!r} attention; use one of {CACHE_MODES[attention]}")

@@ -1,0 +1,232 @@
+"""Tests for focuslib.tasks: determinism, disjoint splits, correct answers, scoring.
+
+Answers are re-derived here from the prompt text by parsers independent of the
+generators, so a formatting bug in a generator cannot hide behind its own logic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from focuslib.tasks import CHARSET, DEFAULT_MIX_WEIGHTS, PROCEDURAL_TASKS, SPLITS, TASK_NAMES, load_task, prompt_split
+
+SINGLE_TASKS = [t for t in PROCEDURAL_TASKS if t != "mix"]
+
+
+# ------------------------------------------------------------------ oracles
+
+
+def eval_plus_minus(expr: str) -> int:
+    """Left-to-right value of 'a+b-c' with non-negative integer terms."""
+    tokens = re.findall(r"\d+|[+-]", expr)
+    total, sign = int(tokens[0]), 1
+    for tok in tokens[1:]:
+        if tok in "+-":
+            sign = 1 if tok == "+" else -1
+        else:
+            total += sign * int(tok)
+    return total
+
+
+def oracle(prompt: str) -> str:
+    """The correct answer for any procedural prompt, from its text alone."""
+    assert prompt.endswith("=")
+    body = prompt[:-1]
+    if body.startswith("sort "):
+        return ",".join(str(v) for v in sorted(int(x) for x in body[5:].split(",")))
+    if body.startswith("rev "):
+        return body[4:][::-1]
+    return str(eval_plus_minus(body))
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, dict[str, list[str]]]:
+    """500 prompts per (procedural task, split), loaded once."""
+    return {t: {s: load_task(t, 500, seed=s).prompts for s in SPLITS} for t in PROCEDURAL_TASKS}
+
+
+# ------------------------------------------------------- procedural tasks
+
+
+@pytest.mark.parametrize("name", PROCEDURAL_TASKS)
+def test_deterministic_per_seed(name: str) -> None:
+    a, b = load_task(name, 50, seed=7), load_task(name, 50, seed=7)
+    assert a.dataset.to_list() == b.dataset.to_list()
+    assert a.prompts != load_task(name, 50, seed=8).prompts
+    assert load_task(name, 50, seed="test").prompts != load_task(name, 50, seed="validation").prompts
+
+
+@pytest.mark.parametrize("name", PROCEDURAL_TASKS)
+def test_smaller_n_is_prefix(name: str) -> None:
+    assert load_task(name, 60, seed="test").prompts[:30] == load_task(name, 30, seed="test").prompts
+
+
+@pytest.mark.parametrize("name", PROCEDURAL_TASKS)
+def test_splits_disjoint(name: str, splits: dict[str, dict[str, list[str]]]) -> None:
+    train, val, test = (set(splits[name][s]) for s in SPLITS)
+    assert not (train & val) and not (train & test) and not (val & test)
+
+
+def test_int_seeds_draw_from_train_unless_told(splits: dict[str, dict[str, list[str]]]) -> None:
+    held_out = set(splits["chain_sum"]["test"]) | set(splits["chain_sum"]["validation"])
+    assert not set(load_task("chain_sum", 500, seed=123).prompts) & held_out
+    assert {prompt_split(p) for p in load_task("chain_sum", 200, seed=123, split="test").prompts} == {"test"}
+
+
+@pytest.mark.parametrize("name", PROCEDURAL_TASKS)
+def test_answers_correct_and_scored(name: str) -> None:
+    task = load_task(name, 300, seed="validation")
+    for ex in task:
+        assert ex["answer"] == oracle(ex["prompt"]), ex
+        assert task.score(ex["answer"], ex) == 1.0
+        assert task.score(" " + ex["answer"] + " ", ex) == 1.0
+        assert task.score(ex["answer"] + "1", ex) == 0.0
+        assert task.score("", ex) == 0.0
+
+
+def test_partial_credit_is_not_given() -> None:
+    rev = load_task("spell_backward", 1)[0]
+    assert load_task("spell_backward", 1).score(rev["answer"][:-1], rev) == 0.0
+    sums = load_task("chain_sum", 1)
+    assert sums.score("1" + sums[0]["answer"].lstrip("-"), sums[0]) == 0.0
+
+
+def test_default_formats() -> None:
+    sums = load_task("chain_sum", 300)
+    assert all(2 <= len(re.findall(r"\d+", p)) <= 3 and len(p) <= 6 for p in sums.prompts)
+    sorts = load_task("number_sorting", 300)
+    assert all(3 <= p.count(",") + 1 <= 5 for p in sorts.prompts)
+    words = load_task("spell_backward", 300)
+    assert all(3 <= len(p) - len("rev =") <= 8 for p in words.prompts)
+    adds = load_task("basic_arithmetic", 300)
+    assert all(re.fullmatch(r"[1-9]\d\+[1-9]\d=", p) for p in adds.prompts)
+    assert any(int(a) >= 100 for a in adds.answers)  # carries out of the tens happen
+
+
+@pytest.mark.parametrize(
+    ("name", "knobs"),
+    [(t, {}) for t in SINGLE_TASKS]
+    + [
+        ("chain_sum", {"allow_negation": True, "max_terms": 4, "max_digits": 2}),
+        ("number_sorting", {"min_value": -20, "max_value": 20}),
+        ("spell_backward", {"max_word_len": 10}),
+        ("basic_arithmetic", {"operators": "+-*", "max_terms": 3}),
+    ],
+)
+def test_strings_within_charset(name: str, knobs: dict) -> None:
+    task = load_task(name, 300, seed="train", **knobs)
+    assert set("".join(task.prompts + task.answers)) <= set(CHARSET)
+
+
+def test_mix_proportions_and_per_task_scoring() -> None:
+    mix = load_task("mix", 2000, seed="train")
+    counts = Counter(mix.dataset["task"])
+    for sub, weight in DEFAULT_MIX_WEIGHTS.items():
+        assert abs(counts[sub] / 2000 - weight) < 0.04, counts
+    custom = Counter(load_task("mix", 1000, weights={"basic_arithmetic": 1, "spell_backward": 3}).dataset["task"])
+    assert set(custom) == {"basic_arithmetic", "spell_backward"} and 0.2 < custom["basic_arithmetic"] / 1000 < 0.3
+    preds = [a if t == "chain_sum" else "" for a, t in zip(mix.answers, mix.dataset["task"])]
+    result = mix.evaluate(preds)
+    assert result["score/chain_sum"] == 1.0 and result["score/spell_backward"] == 0.0
+    assert result["score"] == pytest.approx(counts["chain_sum"] / 2000)
+
+
+def test_mix_subtasks_match_standalone_streams() -> None:
+    mix = load_task("mix", 300, seed="test", chain_sum={"max_terms": 4})
+    sums = [p for p, t in zip(mix.prompts, mix.dataset["task"]) if t == "chain_sum"]
+    assert sums == load_task("chain_sum", len(sums), seed="test", max_terms=4).prompts
+
+
+def test_unique_option() -> None:
+    task = load_task("chain_sum", 200, seed="test", unique=True)
+    assert len(set(task.prompts)) == 200
+    with pytest.raises(RuntimeError, match="only"):
+        load_task("number_sorting", 50, unique=True, min_numbers=1, max_numbers=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"name": "nope", "n": 1}, ValueError, "known tasks: chain_sum"),
+        ({"name": "chain_sum", "n": 0}, ValueError, "positive"),
+        ({"name": "chain_sum", "n": 1, "seed": "dev"}, ValueError, "train"),
+        ({"name": "chain_sum", "n": 1, "seed": "test", "split": "train"}, ValueError, "conflicts"),
+        ({"name": "chain_sum", "n": 1, "max_term": 3}, TypeError, "max_terms"),
+        ({"name": "chain_sum", "n": 1, "min_terms": 3, "max_terms": 2}, ValueError, "min_terms"),
+        ({"name": "mix", "n": 1, "weights": {"gsm8k": 1}}, ValueError, "unknown sub-task"),
+        ({"name": "gsm8k", "n": 1}, ValueError, "path="),
+        ({"name": "humaneval", "n": 1, "timeout_s": 1}, TypeError, "timeout"),
+    ],
+)
+def test_clear_errors(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        load_task(**kwargs)
+
+
+def test_task_names_exported() -> None:
+    assert set(TASK_NAMES) >= {"chain_sum", "number_sorting", "spell_backward", "basic_arithmetic", "mix",
+                               "gsm8k", "humaneval", "sharegpt"}
+
+
+# ------------------------------------------------------------- benchmarks
+
+
+@pytest.fixture()
+def gsm8k_file(tmp_path: Path) -> Path:
+    records = [
+        {"question": "How many apples?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+        {"question": "Total cost?", "answer": "Some work.\n#### 1,234"},
+        {"question": "Temperature change?", "answer": "It fell.\n#### -5"},
+    ]
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_gsm8k(gsm8k_file: Path) -> None:
+    task = load_task("gsm8k", 3, path=gsm8k_file, template="Q: {question}\nA:")
+    assert task.prompts[1] == "Q: Total cost?\nA:" and task.answers == ["7", "1234", "-5"]
+    ex = task[1]
+    assert task.score("So the total is $1,234.", ex) == 1.0
+    assert task.score("12 items at 100 each make 1234.00", ex) == 1.0
+    assert task.score("1,234 then 1235", ex) == 0.0
+    assert task.score("no number here", ex) == 0.0
+    assert task.score("it drops by -5 degrees", task[2]) == 1.0
+    assert sorted(load_task("gsm8k", 3, seed=1, path=gsm8k_file).answers) == sorted(task.answers)
+    with pytest.raises(ValueError, match="only 3"):
+        load_task("gsm8k", 4, path=gsm8k_file)
+    with pytest.raises(FileNotFoundError):
+        load_task("gsm8k", 1, path=gsm8k_file.with_name("missing.jsonl"))
+
+
+def test_humaneval_executes_in_subprocess() -> None:
+    task = load_task("humaneval", 2, timeout=3.0)
+    ex = task[0]
+    assert ex["task_id"] == "HumanEval/0" and ex["prompt"].rstrip().endswith('"""')
+    assert task.score(ex["answer"], ex) == 1.0
+    assert task.score(ex["prompt"] + ex["answer"], ex) == 1.0  # a repeated prompt is accepted
+    assert task.score(ex["answer"] + "\ndef junk(:\n", ex) == 1.0  # cut at the stop sequence
+    assert task.score("    return False\n", ex) == 0.0
+
+
+def test_humaneval_timeout() -> None:
+    task = load_task("humaneval", 1, timeout=0.5)
+    assert task.score("    while True:\n        pass\n", task[0]) == 0.0
+
+
+def test_sharegpt_prompts() -> None:
+    task = load_task("sharegpt", 20)
+    assert len(task) == 20 and all(p.strip() for p in task.prompts)
+    assert set(task.answers) == {""} and not task.has_reference
+    assert math.isnan(task.score("anything", task[0]))
+    short = load_task("sharegpt", 20, seed=3, max_chars=100)
+    assert all(len(p) <= 100 for p in short.prompts) and short.prompts != task.prompts
