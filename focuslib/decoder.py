@@ -153,7 +153,10 @@ class DiffusionDecoder:
         view = self._view(state)
         active = ~state.done
         start = self.block_start(state)
-        rows = Rows.from_mask(mode.rows(view) & active[:, None])
+        need = mode.rows(view)
+        if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
+            need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
+        rows = Rows.from_mask(need & active[:, None])
         masked_block = view.in_block & ~view.decoded & active[:, None]  # [B, T] True = may be committed
         h, rows, layer_rows = self._run_layers(state, rows, mode.reusable(view), cache, stats, masked_block, start)
         mode.update(view, rows.as_mask(state.x.shape[1]))
@@ -162,6 +165,10 @@ class DiffusionDecoder:
         logits, candidates = self._block_logits(state, h, rows, block_pos, masked)
         ctx = StepContext(step=state.step_in_block, steps_per_block=steps_per_block,
                           n_masked_at_block_start=state.masked_at_block_start, generator=generator)
+        stuck = masked.any(1) & ~candidates.any(1)
+        if bool(stuck.any()):
+            raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
+                               "predicts them survived this step (an eviction policy must keep at least one masked row)")
         commit = self.unmasking(logits, candidates, ctx)
         chosen = commit.commit & candidates
         if steps_per_block is not None:  # the block's last budgeted step commits what is left

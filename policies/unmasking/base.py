@@ -29,7 +29,7 @@ from torch import Tensor
 class StepContext:
     """Where the decoder is within the current block when it asks for a commit."""
 
-    step: int  # index of this step within the current block, 0-based
+    step: int | Tensor  # index of this step within the current block, 0-based (int or [B] long)
     steps_per_block: int | None  # steps budgeted for this block; None = no schedule
     n_masked_at_block_start: Tensor  # [B] long: masked positions of the block at block start
     generator: torch.Generator | None = None  # source of all randomness of the policy

@@ -26,10 +26,15 @@ from .base import (
 )
 
 
-def is_last_step(ctx: StepContext) -> bool:
-    """True at the block's final budgeted step, and at any step past the budget (a decoder
-    may overrun when rows were not committable), so that leftovers are always flushed."""
-    return ctx.step >= ctx.steps_per_block - 1
+def step_index(ctx: StepContext, batch: int, device: torch.device) -> Tensor:
+    """ctx.step as a [B] long tensor (the decoder passes one step counter per sequence)."""
+    return torch.as_tensor(ctx.step, device=device).long().expand(batch)
+
+
+def is_last_step(ctx: StepContext, batch: int, device: torch.device) -> Tensor:
+    """[B] bool: True at the block's final budgeted step, and at any step past the budget
+    (a decoder may overrun when rows were not committable), so leftovers are always flushed."""
+    return step_index(ctx, batch, device) >= ctx.steps_per_block - 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -42,7 +47,7 @@ def llada_quota(ctx: StepContext) -> Tensor:
     Returns [B] long. (LLaDA's `get_num_transfer_tokens`, one step at a time.)"""
     n0 = ctx.n_masked_at_block_start
     steps = ctx.steps_per_block
-    return n0 // steps + (ctx.step < n0 % steps).long()
+    return n0 // steps + (step_index(ctx, n0.shape[0], n0.device) < n0 % steps).long()
 
 
 class _LLaDAQuota(UnmaskingPolicy):
@@ -51,7 +56,8 @@ class _LLaDAQuota(UnmaskingPolicy):
     needs_schedule = True
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
-        k = candidates.sum(dim=-1) if is_last_step(ctx) else llada_quota(ctx)  # [B]
+        last = is_last_step(ctx, candidates.shape[0], candidates.device)  # [B]
+        k = torch.where(last, candidates.sum(dim=-1), llada_quota(ctx))  # [B]
         return top_k_commit(self.scores(proposal, candidates, ctx), candidates, k)
 
     @abc.abstractmethod
@@ -83,9 +89,10 @@ class RandomRemask(_LLaDAQuota):
 def dream_fraction(ctx: StepContext, eps: float, device: torch.device) -> Tensor:
     """1 - s/t for this step on Dream's grid t = linspace(1, eps, steps + 1), computed as
     Dream does (float32 linspace on the logits' device) so counts match its rounding.
-    Returns a 0-dim float32 tensor; callers treat the last step separately."""
+    Returns a float32 tensor of ctx.step's shape; callers treat the last step separately."""
     grid = torch.linspace(1.0, eps, ctx.steps_per_block + 1, device=device)  # [steps + 1]
-    return 1.0 - grid[ctx.step + 1] / grid[ctx.step]
+    step = torch.as_tensor(ctx.step, device=device).long().clamp(max=ctx.steps_per_block - 1)
+    return 1.0 - grid[step + 1] / grid[step]
 
 
 class _DreamSchedule(UnmaskingPolicy):
@@ -111,10 +118,8 @@ class _DreamRanked(_DreamSchedule):
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
         n = candidates.sum(dim=-1)  # [B]
-        if is_last_step(ctx):
-            k = n
-        else:
-            k = (n.float() * dream_fraction(ctx, self.eps, n.device)).floor().long()
+        fraction = (n.float() * dream_fraction(ctx, self.eps, n.device)).floor().long()
+        k = torch.where(is_last_step(ctx, n.shape[0], n.device), n, fraction)
         return top_k_commit(self.scores(proposal, candidates), candidates, k)
 
     @abc.abstractmethod
@@ -151,11 +156,11 @@ class Origin(_DreamSchedule):
     a row is drawn, its most confident candidate is committed so decoding always advances."""
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
-        if is_last_step(ctx):
-            return candidates
+        last = is_last_step(ctx, candidates.shape[0], candidates.device)[:, None]  # [B, 1]
         p = dream_fraction(ctx, self.eps, candidates.device)
+        p = p[:, None] if p.dim() else p
         u = torch.rand(candidates.shape, generator=ctx.generator, device=candidates.device)
-        drawn = candidates & (u < p)  # [B, L] True = drawn for commit
+        drawn = candidates & ((u < p) | last)  # [B, L] True = drawn for commit
         one = torch.ones(candidates.shape[0], dtype=torch.long, device=candidates.device)
         best = top_k_commit(proposal.confidence, candidates, one)  # [B, L] most confident
         none_drawn = ~drawn.any(dim=-1, keepdim=True)  # [B, 1] True = fall back to best
