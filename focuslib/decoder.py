@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from focuslib.cache import BlockView, CacheMode, KVCache, cache_mode_class
-from focuslib.eviction import EvictionStack, LayerRows
-from focuslib.model import Transformer, attend
+from focuslib.eviction import EvictionStack, LayerInput, LayerRows
+from focuslib.model import Transformer
 from focuslib.rows import Rows
 from focuslib.trace import TraceRecorder
 from policies.budget import BudgetPolicy
@@ -73,6 +73,8 @@ class GenerationOutput:
     stats: DecodeStats
     text: list[str] | None = None
     trace: "object | None" = None  # pandas DataFrame when generate(trace=True)
+    steps_per_sequence: list[int] = field(default_factory=list)  # steps until each sequence finished
+    committed_per_sequence: list[int] = field(default_factory=list)  # tokens each sequence committed
 
 
 @dataclass
@@ -190,32 +192,42 @@ class DiffusionDecoder:
 
     def _run_layers(self, state: DecodeState, rows: Rows, reusable: Tensor, cache: KVCache, stats: DecodeStats,
                     masked_block: Tensor, block_start: Tensor) -> tuple[Tensor, Rows, list[LayerRows]]:
-        """Run every layer over `rows`; eviction may shrink the rows between layers. Returns final hidden rows."""
+        """Run every layer over `rows`; eviction may shrink the rows between layers. Returns final hidden rows.
+
+        The eviction stack runs each layer (`dense_layer`, or a policy's own runner such
+        as DyLLM's) and may then drop rows (FOCUS). row_layers counts the rows whose
+        attention and FFN really ran (`LayerOutput.computed`).
+        """
         t = state.x.shape[1]
-        key_pos = torch.arange(t + 1, device=state.x.device).expand(state.x.shape[0], t + 1)
-        h = self.model.embed_rows(state.x.gather(1, rows.pos), rows.pos, state.prompt_len)
+        key_pos = torch.arange(t + 1, device=state.x.device).expand(state.x.shape[0], t + 1)  # [B, T+1]
+        h = self.model.embed_rows(state.x.gather(1, rows.pos), rows.pos, state.prompt_len)  # [B, L, C]
         stats.forward_passes += 1
         layer_rows: list[LayerRows] = []
         for i, layer in enumerate(self.model.layers):
-            q, k, v = layer.qkv(h, rows.pos)
-            cache.write(i, rows.pos, rows.valid, k, v)
-            visible = torch.nn.functional.pad(reusable | rows.as_mask(t), (0, 1), value=False)  # [B, T+1]
-            mask = self.model.attention_rule(rows.pos, key_pos) & visible[:, None, :]
-            mask[:, :, 0] |= ~rows.valid  # padding rows attend position 0 so softmax stays finite
-            h = h + layer.attn_out(attend(q, cache.k[i], cache.v[i], mask))
-            h = h + layer.ffn(h)
-            n = rows.count
+            mask = self._attention_mask(rows, reusable, key_pos)
+            out = self.eviction.run_layer(LayerInput(index=i, layer=layer, h=h, rows=rows, mask=mask, cache=cache,
+                                                     state=state))
+            h = out.h
+            n = rows.count if out.computed is rows.valid else int(out.computed.sum())
             stats.row_layers += n
             stats.row_layers_per_layer[i] += n
-            info = LayerRows(layer=i, rows=rows, q=q, k=k, masked=masked_block.gather(1, rows.pos) & rows.valid,
+            info = LayerRows(layer=i, rows=rows, q=out.q, k=out.k, masked=masked_block.gather(1, rows.pos) & rows.valid,
                              block_start=block_start, state=state)
             if i < 2:  # layers 0 and 1 feed traces
                 layer_rows.append(info)
             keep = self.eviction.after_layer(info)
             if keep is not None:
-                rows, index = rows.select(keep)
+                rows, index = rows.select(keep)  # index [B, L'] into the old rows
                 h = h.gather(1, index[:, :, None].expand(-1, -1, h.shape[-1]))
         return h, rows, layer_rows
+
+    def _attention_mask(self, rows: Rows, reusable: Tensor, key_pos: Tensor) -> Tensor:
+        """[B, L, T+1] bool, True = row may attend the key: the family's rule over computed or reusable positions."""
+        t = key_pos.shape[1] - 1
+        visible = torch.nn.functional.pad(reusable | rows.as_mask(t), (0, 1), value=False)  # [B, T+1]
+        mask = self.model.attention_rule(rows.pos, key_pos) & visible[:, None, :]
+        mask[:, :, 0] |= ~rows.valid  # padding rows attend position 0 so softmax stays finite
+        return mask
 
     def _block_positions(self, state: DecodeState, start: Tensor) -> tuple[Tensor, Tensor]:
         """Absolute positions [B, S] of each sequence's current block, and [B, S] True = inside the tensor."""
@@ -368,4 +380,7 @@ class DiffusionDecoder:
             text = [self.tokenizer.decode(s, skip_special_tokens=True) for s in sequences]
         trace = recorder.frame(state.committed_step) if recorder is not None else None
         assert len(sequences) == b
-        return GenerationOutput(sequences=sequences, tokens=tokens, stats=stats, text=text, trace=trace)
+        committed = state.committed_step >= 0
+        return GenerationOutput(sequences=sequences, tokens=tokens, stats=stats, text=text, trace=trace,
+                                steps_per_sequence=(state.committed_step.max(1).values + 1).tolist(),
+                                committed_per_sequence=committed.sum(1).tolist())
