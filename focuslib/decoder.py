@@ -203,8 +203,8 @@ class DiffusionDecoder:
         h = self.model.embed_rows(state.x.gather(1, rows.pos), rows.pos, state.prompt_len)  # [B, L, C]
         stats.forward_passes += 1
         layer_rows: list[LayerRows] = []
+        mask = self._attention_mask(rows, reusable, key_pos)  # [B, L, T+1], rebuilt only when rows change
         for i, layer in enumerate(self.model.layers):
-            mask = self._attention_mask(rows, reusable, key_pos)
             out = self.eviction.run_layer(LayerInput(index=i, layer=layer, h=h, rows=rows, mask=mask, cache=cache,
                                                      state=state))
             h = out.h
@@ -219,6 +219,7 @@ class DiffusionDecoder:
             if keep is not None:
                 rows, index = rows.select(keep)  # index [B, L'] into the old rows
                 h = h.gather(1, index[:, :, None].expand(-1, -1, h.shape[-1]))
+                mask = self._attention_mask(rows, reusable, key_pos)
         return h, rows, layer_rows
 
     def _attention_mask(self, rows: Rows, reusable: Tensor, key_pos: Tensor) -> Tensor:
@@ -245,7 +246,9 @@ class DiffusionDecoder:
         shift = int(self.cfg.logit_shift)
         row_of = rows.lookup(state.x.shape[1]).gather(1, (block_pos - shift).clamp(min=0))  # [B, S], -1 = no row
         h_block = h.gather(1, row_of.clamp(min=0)[:, :, None].expand(-1, -1, h.shape[-1]))
-        return self.model.logits(h_block).float(), masked & (row_of >= 0)
+        logits = self.model.logits(h_block).float()
+        logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
+        return logits, masked & (row_of >= 0)
 
     def block_start(self, state: DecodeState) -> Tensor:
         """[B] absolute start of each sequence's current block (for gathering its positions)."""
@@ -302,6 +305,7 @@ class DiffusionDecoder:
                 if self.tokenizer is None:
                     raise ValueError("string prompts need a tokenizer: DiffusionDecoder(..., tokenizer=tok)")
                 p = self.tokenizer.encode(p, add_special_tokens=False)
+                p = getattr(p, "ids", p)  # a raw tokenizers.Tokenizer returns an Encoding
             out.append([int(t) for t in p])
         return out
 

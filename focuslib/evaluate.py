@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
@@ -45,10 +45,13 @@ class EvalResult:
 
 
 def evaluate(decoder: DiffusionDecoder, task: Task, *, gen_length: int, steps: int | None = None,
-             batch_size: int = 32, progress: bool = True, stop_at_eos: bool = True) -> EvalResult:
+             batch_size: int = 32, progress: bool = True, stop_at_eos: bool = True,
+             on_batch: Callable[[dict[str, float]], None] | None = None) -> EvalResult:
     """Decode task.prompts with `decoder` (batches of `batch_size`, ragged) and score the texts.
 
     tokens_per_s counts committed tokens (EOS filler included) over decoding wall time only.
+    on_batch: called after each batch with running metrics (examples, accuracy, tokens_per_s,
+    tokens_per_step, forward_passes), e.g. to stream them to an experiment logger.
     """
     if decoder.tokenizer is None:
         raise ValueError("evaluate needs text: build the decoder with tokenizer=...")
@@ -68,6 +71,10 @@ def evaluate(decoder: DiffusionDecoder, task: Task, *, gen_length: int, steps: i
                             "prediction": text, "score": task.score(text, row), "steps": n_steps, "committed": n_tok})
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{total.tokens_per_s:.0f}")
+        if on_batch is not None:
+            on_batch({"examples": len(records), "accuracy": _mean([r["score"] for r in records]),
+                      "tokens_per_s": total.tokens_per_s, "tokens_per_step": total.tokens_per_step,
+                      "forward_passes": total.forward_passes})
     bar.close()
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in records:

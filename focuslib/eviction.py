@@ -1,9 +1,20 @@
 """What eviction policies see between layers, and how a stack of them is applied.
 
-An eviction policy is handed `LayerRows` after each layer and may answer with a
-keep mask over the rows; the decoder then compacts the rows (gather), so later
-layers really process fewer tokens. Budget policies tell ranking policies how
-many rows to keep. Policies see tensors only, never the model's internals.
+Two extension points, both optional for a policy:
+
+* `after_layer(info, budget)` -- handed `LayerRows` after each layer, a policy may
+  answer with a keep mask over the rows; the decoder then compacts the rows (gather),
+  so later layers really process fewer tokens (FOCUS).
+* `run_layer(x)` -- a policy may run a layer itself over the rows (`LayerInput` ->
+  `LayerOutput`), e.g. to recompute only some rows and reuse cached results for the
+  rest (DyLLM). At most one policy of a stack may do this; without one the stack
+  runs `dense_layer`.
+
+Budget policies tell ranking policies how many rows to keep. Policies see tensors
+(and the layer's `qkv` / `attn_out` / `ffn` parts), never the decoder's internals.
+
+Shapes: B batch, L rows, T positions (+1 trash column in caches), H heads, G kv heads,
+D head dim, C width.
 """
 from __future__ import annotations
 
@@ -13,13 +24,76 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from focuslib.model import attend
 from focuslib.rows import Rows
 from kernels.compaction import compact_rows, gather_rows
 from kernels.importance import focus_importance
 
 if TYPE_CHECKING:
+    from focuslib.cache import KVCache
     from focuslib.decoder import DecodeState
-    from focuslib.model import Transformer
+    from focuslib.model import Layer, Transformer
+
+
+@dataclass
+class LayerInput:
+    """One layer to run over the current rows."""
+
+    index: int  # layer number
+    layer: "Layer"
+    h: Tensor  # [B, L, C] hidden rows entering the layer
+    rows: Rows  # positions of the rows
+    mask: Tensor  # [B, L, T+1] bool, True = query row may attend key position (cache column T: never)
+    cache: "KVCache"  # K/V of every layer at every position; the runner writes the rows it computes
+    state: "DecodeState"
+
+
+@dataclass
+class LayerOutput:
+    """What a layer runner returns."""
+
+    h: Tensor  # [B, L, C] hidden rows after the layer
+    q: Tensor  # [B, L, H, D] post-RoPE queries of the rows (recomputed or cached)
+    k: Tensor  # [B, L, G, D] keys of the rows (recomputed or cached)
+    computed: Tensor  # [B, L] bool, True = the row's attention and FFN really ran (counted as a row-layer)
+
+
+class RowPacker:
+    """Packs the valid rows of [B, L, ...] tensors into [1, N, ...] and back.
+
+    Projections, norms, RoPE and the FFN act on each row alone, so they only need the
+    N valid rows; ragged batches (sequences at different stages, finished sequences,
+    evicted rows) otherwise spend much of the time on padding. Attention needs the
+    [B, L] layout and runs unpacked. With no padding, pack/unpack are the identity.
+    """
+
+    def __init__(self, valid: Tensor) -> None:  # valid [B, L] bool, True = real row
+        self.shape = valid.shape
+        self.index = valid.flatten().nonzero().squeeze(1)  # [N] flat row index
+        self.identity = self.index.numel() == valid.numel()
+
+    def pack(self, t: Tensor) -> Tensor:
+        """[B, L, ...] -> [1, N, ...]"""
+        return t if self.identity else t.flatten(0, 1).index_select(0, self.index)[None]
+
+    def unpack(self, t: Tensor) -> Tensor:
+        """[1, N, ...] -> [B, L, ...] with zeros on padding rows."""
+        if self.identity:
+            return t
+        out = torch.zeros((self.shape.numel(), *t.shape[2:]), dtype=t.dtype, device=t.device)
+        return out.index_copy_(0, self.index, t[0]).view(*self.shape, *t.shape[2:])
+
+
+def dense_layer(x: LayerInput) -> LayerOutput:
+    """The plain layer: every row's Q/K/V, attention and FFN are computed (row-wise parts on valid rows only)."""
+    rows = RowPacker(x.rows.valid)
+    h = rows.pack(x.h)  # [1, N, C] (or [B, L, C] without padding)
+    q, k, v = (rows.unpack(t) for t in x.layer.qkv(h, rows.pack(x.rows.pos)))  # [B, L, H|G, D]
+    x.cache.write(x.index, x.rows.pos, x.rows.valid, k, v)
+    ctx = attend(q, x.cache.k[x.index], x.cache.v[x.index], x.mask)  # [B, L, H, D]
+    h = h + x.layer.attn_out(rows.pack(ctx))
+    h = h + x.layer.ffn(h)
+    return LayerOutput(h=rows.unpack(h), q=q, k=k, computed=x.rows.valid)
 
 
 @dataclass
@@ -48,11 +122,25 @@ def masked_importance(info: LayerRows, window: int = 3) -> Tensor:
 
 
 class EvictionPolicy(Protocol):
-    """After a layer, return a keep mask [B, L] over info.rows (True = keep computing), or None for no change."""
+    """After a layer, return a keep mask [B, L] over info.rows (True = keep computing), or None for no change.
+
+    Optional members: `needs_budget` (bool: the stack passes K [B] from the budget
+    policy; `budget_layer`: only after that layer), `check(cfg)` (raise ValueError for a model it cannot serve), and
+    `run_layer(x: LayerInput) -> LayerOutput` (run the layer itself).
+    """
 
     def reset(self, batch: int) -> None: ...
 
     def after_layer(self, info: LayerRows, budget: Tensor | None) -> Tensor | None: ...
+
+
+def _as_policy_list(eviction: Any) -> list[Any]:
+    """None -> []; a single policy -> [policy]; a list, tuple or Stack of policies -> their list."""
+    if eviction is None:
+        return []
+    if hasattr(eviction, "after_layer") or hasattr(eviction, "run_layer"):
+        return [eviction]
+    return [p for p in eviction if p is not None]
 
 
 class EvictionStack:
@@ -61,11 +149,16 @@ class EvictionStack:
     def __init__(self, policies: Sequence[Any], budget: Any | None) -> None:
         self.policies = list(policies)
         self.budget = budget
+        runners = [p for p in self.policies if getattr(p, "run_layer", None) is not None]
+        self._runner = runners[0].run_layer if runners else dense_layer
 
     @classmethod
     def build(cls, eviction: Any, budget: Any, model: "Transformer") -> "EvictionStack":
-        policies = [] if eviction is None else list(eviction) if isinstance(eviction, (list, tuple)) else [eviction]
-        policies = [p for p in policies if p is not None]
+        """Check the policies against the model and each other; errors here fail before any decoding."""
+        policies = _as_policy_list(eviction)
+        runners = [type(p).__name__ for p in policies if getattr(p, "run_layer", None) is not None]
+        if len(runners) > 1:
+            raise ValueError(f"eviction policies {runners} each run the layers themselves; a stack may hold one")
         for p in policies:
             check = getattr(p, "check", None)
             if check is not None:
@@ -80,14 +173,26 @@ class EvictionStack:
         for p in self.policies:
             p.reset(batch)
 
+    def run_layer(self, x: LayerInput) -> LayerOutput:
+        """Run one layer with the stack's runner (a policy's `run_layer`, else `dense_layer`)."""
+        return self._runner(x)
+
     def after_layer(self, info: LayerRows) -> Tensor | None:
         keep = None
         for p in self.policies:
-            budget = self.budget(info) if getattr(p, "needs_budget", False) else None
+            budget = self.budget(info) if self._wants_budget(p, info.layer) else None
             mask = p.after_layer(info, budget)
             if mask is not None:
                 keep = mask if keep is None else keep & mask
         return keep
+
+    @staticmethod
+    def _wants_budget(policy: Any, layer: int) -> bool:
+        """A ranking policy gets K at every layer, or only at its `budget_layer` when it names one."""
+        if not getattr(policy, "needs_budget", False):
+            return False
+        wanted = getattr(policy, "budget_layer", None)
+        return wanted is None or wanted == layer
 
     def __bool__(self) -> bool:
         return bool(self.policies)

@@ -18,6 +18,7 @@ from scipy import stats
 from focuslib.stats.labels import ensure_labels
 
 SIGNALS = ("imp0", "imp1", "delta", "confidence")
+"""Trace columns compared against decodability by default (`association_table`)."""
 
 
 def _clean(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -171,9 +171,13 @@ def observed_miss_rate(evict_trace: pd.DataFrame, dense_trace: pd.DataFrame, lab
 
     Counted over the steps where both runs still agree (`agreeing_steps`). A miss
     usually makes the runs diverge, so each sequence is observed until about its first
-    miss; the ratio of summed misses to summed decodable rows is still consistent
-    (Wald's identity: the stopping depends only on the past), whereas an average of
-    per-sequence rates would not be.
+    miss; the ratio of summed misses to summed decodable rows is used (an average of
+    per-sequence rates would over-weight short, miss-ended observations). The agreeing
+    steps are not a random sample of the dense run's steps, though: they over-represent
+    the first steps of each sequence (block starts, small budgets). To compare with a
+    model prediction, predict on the same steps, e.g.
+    `predicted_miss_rate(dense.merge(agreeing_steps(evict, dense), on=["seq", "step"]), alpha)`
+    (agreement is a prefix of each sequence, so the per-step budgets are unchanged).
 
     >>> e = pd.DataFrame({"seq": 0, "step": 0, "block": 0, "position": [0, 1], "kept": [True, False]})
     >>> d = pd.DataFrame({"seq": 0, "step": 0, "block": 0, "position": [0, 1], "committed_step": [0, 0]})

@@ -23,14 +23,23 @@ _AD_BASE = np.array([0.561, 0.631, 0.752, 0.873, 1.035])
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """N(mu, sigma^2) fitted to n deltas of non-decodable rows."""
+    """N(mu, sigma^2) fitted to n deltas of non-decodable rows.
+
+    >>> m = NoiseModel(mu=0.5, sigma=2.0, n=100)
+    >>> m.mu, m.sigma
+    (0.5, 2.0)
+    """
 
     mu: float
     sigma: float
     n: int
 
     def z(self, x: np.ndarray) -> np.ndarray:
-        """Deltas in noise units, (x - mu) / sigma."""
+        """Deltas in noise units, (x - mu) / sigma.
+
+        >>> NoiseModel(mu=1.0, sigma=2.0, n=10).z([1.0, 5.0]).tolist()
+        [0.0, 2.0]
+        """
         return (np.asarray(x, dtype=float) - self.mu) / self.sigma
 
 

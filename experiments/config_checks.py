@@ -1,0 +1,289 @@
+"""Schema of the decode app's config, and the checks that run right after composition.
+
+Why a separate module: the app (`experiments.decode`), the compose API (tests, notebooks)
+and sweeps share one definition of what a valid run is, and every check here runs before
+any weights load, so a bad sweep point fails in seconds with the offending key named
+("budget.alpha must be > 0, got -1.0"). The policy constructors stay the single source of
+truth for their own argument ranges: we instantiate them (cheap, no model) and re-label
+their errors with the config key. Model facts come from config.json alone
+(`focuslib.loading.read_config`), never from the weights.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from focuslib.cache import CACHE_MODES
+from focuslib.loading import read_config, resolve_checkpoint
+from focuslib.model import ModelConfig
+from focuslib.tasks import TASK_NAMES, Task, load_task
+
+# -------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelSpec:
+    """Arguments of focuslib.load_model (path = bundled name or checkpoint directory)."""
+
+    path: str = MISSING
+    dtype: Optional[str] = None
+    device: str = "cpu"
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CacheSpec:
+    mode: Optional[str] = None  # None = the family's exact default (none / block)
+
+
+@dataclass
+class TaskSpec:
+    """Arguments of focuslib.tasks.load_task(name, n, seed, **options)."""
+
+    name: str = "mix"
+    n: int = 64
+    seed: Any = "test"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DecodeConfig:
+    """Top level of conf/config.yaml. Policy groups and the logger are `_target_` nodes (or empty = None)."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    unmasking: Any = None
+    eviction: Any = None
+    budget: Any = None
+    cache: CacheSpec = field(default_factory=CacheSpec)
+    task: TaskSpec = field(default_factory=TaskSpec)
+    logger: Any = None
+    gen_length: int = 16
+    steps: Optional[int] = None
+    block_size: Optional[int] = None
+    batch_size: int = 32
+    seed: int = 0
+    threads: Optional[int] = None
+    show: int = 3
+    progress: bool = True
+
+
+ConfigStore.instance().store(name="decode_schema", node=DecodeConfig)
+
+# -------------------------------------------------------------------------- checks
+
+
+class ConfigError(ValueError):
+    """One or more config values are invalid; the message names every offending key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class Plan:
+    """Everything a run needs except the weights, built and checked from the config."""
+
+    unmasking: Any
+    eviction: Any  # as built: None, one policy, a Stack or a list; the decoder normalises it
+    budget: Any
+    logger: Any
+    model_path: Path
+    model_cfg: ModelConfig
+    cache: Optional[str]
+    block_size: Optional[int]
+    steps: Optional[int]
+    task: Task
+
+
+def plan_run(cfg: DictConfig) -> Plan:
+    """Check `cfg` and build the policies, task and model facts; raise ConfigError naming every bad key."""
+    problems: list[str] = []
+    _check_scalars(cfg, problems)
+    unmasking = _build(cfg, "unmasking", problems)
+    eviction = _build(cfg, "eviction", problems)
+    budget = _build(cfg, "budget", problems)
+    logger = _build(cfg, "logger", problems)
+    if unmasking is None and not any("unmasking" in p for p in problems):
+        problems.append("unmasking: an unmasking policy is required (e.g. unmasking=threshold)")
+    task = _build_task(cfg, problems)
+    model_path, model_cfg = _read_model(cfg, problems)
+    steps = cfg.steps
+    if model_cfg is not None:
+        _check_against_model(cfg, model_cfg, eviction, budget, problems)
+        steps = _resolve_steps(cfg, model_cfg, unmasking, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Plan(unmasking=unmasking, eviction=eviction, budget=budget, logger=logger, model_path=model_path,
+                model_cfg=model_cfg, cache=cfg.cache.mode, block_size=cfg.block_size, steps=steps, task=task)
+
+
+def _check_scalars(cfg: DictConfig, problems: list[str]) -> None:
+    """Type checks come from the schema; these are the ranges."""
+    at_least = {"gen_length": 1, "batch_size": 1, "steps": 1, "block_size": 1, "threads": 1, "show": 0, "task.n": 1}
+    for key, low in at_least.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < low:
+            problems.append(f"{key} must be >= {low}, got {value}")
+
+
+def _build(cfg: DictConfig, group: str, problems: list[str]) -> Any:
+    """Instantiate a `_target_` group (None when its config is empty); constructor errors name the key."""
+    node = cfg.get(group)
+    if node is None or (isinstance(node, DictConfig) and not node):
+        return None
+    try:
+        return instantiate(node)
+    except Exception as err:  # hydra wraps the constructor's error; report the original
+        cause = err.__cause__ or err
+        problems.append(keyed(group, _keys(node), str(cause).strip()))
+        return None
+
+
+def _as_list(built: Any) -> list[Any]:
+    """The policies an eviction group built (one, a list applied in order, a mapping, or nothing), for checks."""
+    if built is None:
+        return []
+    if isinstance(built, (Mapping, DictConfig)):
+        return _as_list(list(built.values()))
+    if isinstance(built, (list, tuple, ListConfig)):
+        return [p for item in built for p in _as_list(item)]
+    return [built]
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves under a group node ('threshold', 'policies.0.layer'), `_target_` excluded."""
+    if isinstance(node, DictConfig):
+        items = [(str(k), v) for k, v in node.items_ex(resolve=False) if k != "_target_"]
+    elif isinstance(node, ListConfig):
+        items = [(str(i), v) for i, v in enumerate(node)]
+    else:
+        return [prefix.rstrip(".")] if prefix else []
+    return [leaf for k, v in items for leaf in _keys(v, f"{prefix}{k}.")]
+
+
+def keyed(prefix: str, keys: Iterable[str], message: str) -> str:
+    """Prefix `message` with the config key it is about: 'alpha must be > 0' -> 'budget.alpha must be > 0'.
+
+    keys may be dotted paths; a path matches when its last part is named in the message.
+    """
+    path = _mentioned(keys, message)
+    if path is None:
+        return f"{prefix}: {message}"
+    name = path.rsplit(".", 1)[-1]
+    return f"{prefix}.{path}{message[len(name):]}" if message.startswith(f"{name} ") else f"{prefix}.{path}: {message}"
+
+
+def _mentioned(keys: Iterable[Any], message: str) -> str | None:
+    """The key (dotted path) whose last part is named as a word in `message`; longest names first."""
+    for path in sorted(map(str, keys), key=lambda k: len(k.rsplit(".", 1)[-1]), reverse=True):
+        if re.search(rf"\b{re.escape(path.rsplit('.', 1)[-1])}\b", message):
+            return path
+    return None
+
+
+def _build_task(cfg: DictConfig, problems: list[str]) -> Task | None:
+    spec = cfg.task
+    if spec.name not in TASK_NAMES:
+        problems.append(f"task.name must be one of {', '.join(TASK_NAMES)}; got {spec.name!r}")
+        return None
+    missing = [k for k in spec.options if OmegaConf.is_missing(spec.options, k)]
+    if missing:
+        problems.extend(f"task.options.{k} is required for task {spec.name} (set task.options.{k}=...)" for k in missing)
+        return None
+    if spec.n < 1:
+        return None  # already reported
+    try:
+        return load_task(spec.name, spec.n, spec.seed, **OmegaConf.to_container(spec.options, resolve=True))
+    except Exception as err:  # an option's value, else n or seed (e.g. more problems than the file holds)
+        message = str(err)
+        named = _mentioned(spec.options, message) or _option_by_value(spec.options, message)
+        problems.append(f"task.options.{named}: {message}" if named else keyed("task", ["n", "seed"], message))
+        return None
+
+
+def _option_by_value(options: DictConfig, message: str) -> str | None:
+    """The option whose (non-trivial) value the message quotes, e.g. a file path that does not exist."""
+    for key, value in options.items():
+        if isinstance(value, str) and len(value) > 2 and value in message:
+            return str(key)
+    return None
+
+
+def _read_model(cfg: DictConfig, problems: list[str]) -> tuple[Path | None, ModelConfig | None]:
+    spec = cfg.model
+    if OmegaConf.is_missing(spec, "path"):
+        problems.append("model.path is required: set model.path=<downloaded checkpoint directory>")
+        return None, None
+    _check_dtype_device(spec, problems)
+    try:
+        path = resolve_checkpoint(spec.path)
+    except (ValueError, FileNotFoundError) as err:
+        problems.append(f"model.path: {err}")
+        return None, None
+    try:
+        return path, read_config(path, OmegaConf.to_container(spec.config_overrides, resolve=True))
+    except Exception as err:
+        problems.append(f"model.config_overrides / model.path: cannot parse {path / 'config.json'}: {err}")
+        return None, None
+
+
+def _check_dtype_device(spec: DictConfig, problems: list[str]) -> None:
+    if spec.dtype not in (None, "auto") and not isinstance(getattr(torch, str(spec.dtype), None), torch.dtype):
+        problems.append(f"model.dtype must be a torch dtype name (bfloat16, float16, float32), 'auto' or null; "
+                        f"got {spec.dtype!r}")
+    try:
+        device = torch.device(spec.device)
+    except RuntimeError as err:
+        problems.append(f"model.device: {err}")
+        return
+    if device.type == "cuda" and not torch.cuda.is_available():
+        problems.append("model.device is cuda but no CUDA device is visible (set model.device=cpu)")
+
+
+def _check_against_model(cfg: DictConfig, model_cfg: ModelConfig, eviction: Any, budget: Any,
+                         problems: list[str]) -> None:
+    """Checks that need the family: cache mode, block grid, eviction requirements."""
+    if cfg.gen_length >= model_cfg.max_positions:
+        problems.append(f"gen_length={cfg.gen_length} leaves no room for a prompt within the model's "
+                        f"max_positions {model_cfg.max_positions}")
+    modes = CACHE_MODES[model_cfg.attention]
+    if cfg.cache.mode is not None and cfg.cache.mode not in modes:
+        problems.append(f"cache.mode {cfg.cache.mode!r} does not apply to {model_cfg.attention}-attention models "
+                        f"({cfg.model.path}); choose one of {', '.join(modes)} or cache=auto")
+    if model_cfg.block_diffusion:
+        if cfg.block_size not in (None, model_cfg.block_size):
+            problems.append(f"block_size={cfg.block_size} differs from the model's block-causal block "
+                            f"{model_cfg.block_size}; block-diffusion families decode on their own grid (block_size=null)")
+    elif cfg.block_size and cfg.gen_length % cfg.block_size:
+        problems.append(f"block_size={cfg.block_size} does not divide gen_length={cfg.gen_length}")
+    for policy in _as_list(eviction):
+        check = getattr(policy, "check", None)
+        try:
+            if check is not None:
+                check(model_cfg)
+        except Exception as err:
+            problems.append(keyed("eviction", _keys(cfg.eviction), str(err)))
+        if getattr(policy, "needs_budget", False) and budget is None:
+            problems.append(f"budget: eviction policy {type(policy).__name__} ranks rows and needs a budget "
+                            "(e.g. budget=focus)")
+
+
+def _resolve_steps(cfg: DictConfig, model_cfg: ModelConfig, unmasking: Any, problems: list[str]) -> Optional[int]:
+    """steps=null means gen_length for schedule policies (one token per step) and no cap for dynamic ones."""
+    steps = cfg.steps
+    if steps is None and getattr(unmasking, "needs_schedule", False):
+        steps = cfg.gen_length
+    if steps is not None and not model_cfg.block_diffusion and cfg.block_size and cfg.gen_length % cfg.block_size == 0:
+        blocks = cfg.gen_length // cfg.block_size
+        if steps < blocks:
+            problems.append(f"steps={steps} is fewer than the {blocks} blocks of gen_length/block_size")
+    return steps
