@@ -73,6 +73,7 @@ class DecodeConfig:
     threads: Optional[int] = None
     show: int = 3
     progress: bool = True
+    check_only: bool = False
 
 
 ConfigStore.instance().store(name="decode_schema", node=DecodeConfig)
@@ -138,7 +139,7 @@ def _check_scalars(cfg: DictConfig, problems: list[str]) -> None:
 def _build(cfg: DictConfig, group: str, problems: list[str]) -> Any:
     """Instantiate a `_target_` group (None when its config is empty); constructor errors name the key."""
     node = cfg.get(group)
-    if node is None or (isinstance(node, DictConfig) and not node):
+    if _empty(node):
         return None
     try:
         return instantiate(node)
@@ -146,6 +147,11 @@ def _build(cfg: DictConfig, group: str, problems: list[str]) -> Any:
         cause = err.__cause__ or err
         problems.append(keyed(group, _keys(node), str(cause).strip()))
         return None
+
+
+def _empty(node: Any) -> bool:
+    """A group whose option is comment-only (e.g. eviction=none): the policy is None."""
+    return node is None or (isinstance(node, DictConfig) and not node)
 
 
 def _as_list(built: Any) -> list[Any]:
@@ -197,7 +203,8 @@ def _build_task(cfg: DictConfig, problems: list[str]) -> Task | None:
         return None
     missing = [k for k in spec.options if OmegaConf.is_missing(spec.options, k)]
     if missing:
-        problems.extend(f"task.options.{k} is required for task {spec.name} (set task.options.{k}=...)" for k in missing)
+        problems.extend(f"task.options.{k} is required for task {spec.name} (set task.options.{k}=...)"
+                        for k in missing)
         return None
     if spec.n < 1:
         return None  # already reported
@@ -262,7 +269,8 @@ def _check_against_model(cfg: DictConfig, model_cfg: ModelConfig, eviction: Any,
     if model_cfg.block_diffusion:
         if cfg.block_size not in (None, model_cfg.block_size):
             problems.append(f"block_size={cfg.block_size} differs from the model's block-causal block "
-                            f"{model_cfg.block_size}; block-diffusion families decode on their own grid (block_size=null)")
+                            f"{model_cfg.block_size}; block-diffusion families decode on their own grid "
+                            "(block_size=null)")
     elif cfg.block_size and cfg.gen_length % cfg.block_size:
         problems.append(f"block_size={cfg.block_size} does not divide gen_length={cfg.gen_length}")
     for policy in _as_list(eviction):
@@ -272,7 +280,7 @@ def _check_against_model(cfg: DictConfig, model_cfg: ModelConfig, eviction: Any,
                 check(model_cfg)
         except Exception as err:
             problems.append(keyed("eviction", _keys(cfg.eviction), str(err)))
-        if getattr(policy, "needs_budget", False) and budget is None:
+        if getattr(policy, "needs_budget", False) and _empty(cfg.get("budget")):  # (not: budget failed to build)
             problems.append(f"budget: eviction policy {type(policy).__name__} ranks rows and needs a budget "
                             "(e.g. budget=focus)")
 

@@ -5,6 +5,7 @@
     python -m experiments.decode -m unmasking=threshold,low_confidence cache=block,delayed
     python -m experiments.decode -m hydra/launcher=local threads=1 eviction=none,focus budget=focus
     python -m experiments.decode experiment=fast_dllm logger=wandb
+    python -m experiments.decode -m eviction=none,focus budget.alpha=1.2,1.5 check_only=true   # validate a sweep
 
 The config (conf/config.yaml) is checked right after composition (experiments.config_checks)
 so a bad value stops the run before weights load. The run directory (Hydra's output dir)
@@ -14,6 +15,7 @@ gets metrics.json (metrics + resolved config + overrides), generations.jsonl and
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,8 @@ def write_run_dir(run_dir: Path, record: dict[str, Any], result: EvalResult) -> 
 
 def print_summary(result: EvalResult, decoder: DiffusionDecoder, show: int, run_dir: Path) -> None:
     evicting = decoder.eviction.policies
-    policies = [decoder.unmasking, *evicting, decoder.eviction.budget if evicting else None]  # a budget alone does nothing
+    budget = decoder.eviction.budget if evicting else None  # a budget without ranking eviction does nothing
+    policies = [decoder.unmasking, *evicting, budget]
     print(f"decoder: {', '.join(repr(p) for p in policies if p is not None)}, cache={decoder.cache_name}")
     for r in result.records[:show]:
         mark = "ok " if r["score"] == 1 else "err"
@@ -80,7 +83,11 @@ def print_summary(result: EvalResult, decoder: DiffusionDecoder, show: int, run_
 def main(cfg: DictConfig) -> float:
     plan = plan_run(cfg)  # raises ConfigError naming the bad keys, before any weights load
     hydra_cfg = HydraConfig.get()
-    record = run(cfg, plan, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    overrides = list(hydra_cfg.overrides.task)
+    if cfg.check_only:
+        print(f"config ok: {' '.join(overrides) or 'defaults'} ({cfg.model.path}, {len(plan.task)} problems)")
+        return math.nan
+    record = run(cfg, plan, Path(hydra_cfg.runtime.output_dir), overrides)
     return record["accuracy"]  # the objective, for optimising sweepers
 
 

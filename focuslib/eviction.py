@@ -125,8 +125,9 @@ class EvictionPolicy(Protocol):
     """After a layer, return a keep mask [B, L] over info.rows (True = keep computing), or None for no change.
 
     Optional members: `needs_budget` (bool: the stack passes K [B] from the budget
-    policy; `budget_layer`: only after that layer), `check(cfg)` (raise ValueError for a model it cannot serve), and
-    `run_layer(x: LayerInput) -> LayerOutput` (run the layer itself).
+    policy; with `budget_layer` only after that layer), `check(cfg)` (raise ValueError
+    for a model it cannot serve), `run_layer(x: LayerInput) -> LayerOutput` (run the
+    layer itself).
     """
 
     def reset(self, batch: int) -> None: ...

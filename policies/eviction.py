@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from focuslib.eviction import LayerInput, LayerOutput, LayerRows, masked_importance
+from focuslib.eviction import LayerInput, LayerOutput, LayerRows, RowPacker, masked_importance
 from focuslib.model import attend
 from kernels import compact_rows, dyllm_update_and_cosine, focus_select, gather_rows
 
@@ -266,7 +266,9 @@ class _DyLLMCaches:
         k_cache, v_cache = x.cache.k[x.index], x.cache.v[x.index]  # [B, T+1, G, D]
         dv = torch.zeros_like(v_cache)
         if index.shape[1]:
-            q, k, v = x.layer.qkv(gather_rows(x.h, index), gather_rows(x.rows.pos, index))
+            packer = RowPacker(valid)  # projections only on real rows
+            q, k, v = (packer.unpack(t) for t in x.layer.qkv(packer.pack(gather_rows(x.h, index)),
+                                                                packer.pack(gather_rows(x.rows.pos, index))))
             v_old = self.take(v_cache, pos)
             x.cache.write(x.index, pos, valid, k, v)  # pos is the trash column where valid is False
             self.put(dv, pos, torch.where(valid[:, :, None, None], v.to(dv.dtype) - v_old, 0.0))
@@ -279,10 +281,11 @@ class _DyLLMCaches:
         index, valid = compact_rows(salient)  # [B, N]
         pos = torch.where(valid, gather_rows(x.rows.pos, index), self.trash)
         if index.shape[1]:
-            h = gather_rows(x.h, index)  # [B, N, C]
+            packer = RowPacker(valid)  # projections and FFN only on real rows
             ctx = attend(gather_rows(q_all, index), x.cache.k[x.index], x.cache.v[x.index], gather_rows(x.mask, index))
-            h = h + x.layer.attn_out(ctx)
-            h = h + x.layer.ffn(h)
+            h = packer.pack(gather_rows(x.h, index))  # [1, N', C]
+            h = h + x.layer.attn_out(packer.pack(ctx))
+            h = packer.unpack(h + x.layer.ffn(h))  # [B, N, C]
             for buf in (self.context[x.index], self.reference[x.index]):
                 self.put(buf, pos, ctx)
             self.put(self.hidden[x.index], pos, h)

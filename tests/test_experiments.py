@@ -136,7 +136,8 @@ def _valid_overrides(group: str, option: str, tmp_path: Path) -> list[str]:
         extra.append("model=tiny_llada")
     if group == "task" and option == "gsm8k":
         data = tmp_path / "gsm8k.jsonl"
-        data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(3)))
+        rows = [{"question": f"{i}+1?", "answer": f"#### {i + 1}"} for i in range(3)]
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         extra.append(f"task.options.path={data}")
     return extra
 
@@ -305,17 +306,25 @@ def test_evaluate_reports_running_metrics_after_each_batch(one_thread):
 REQUIRED = ("accuracy", "tokens_per_s", "forward_passes", "row_layers", "tokens_per_step", "n_examples", "config")
 
 
-def run_app(module: str, *args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_app(module: str, *args: str, env: dict[str, str] | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def test_invalid_value_stops_the_app_before_the_model_loads(tmp_path):
-    proc = run_app("experiments.decode", "budget=focus", "budget.alpha=-1", f"hydra.run.dir={tmp_path}")
+    proc = run_app("experiments.decode", "eviction=focus", "budget.alpha=-1", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
-    assert "budget.alpha must be > 0" in proc.stderr
+    assert "budget.alpha must be > 0" in proc.stderr and "needs a budget" not in proc.stderr
     assert "loading" not in proc.stdout and not (tmp_path / "metrics.json").exists()
+
+
+def test_check_only_validates_every_sweep_point_without_loading(tmp_path):
+    proc = run_app("experiments.decode", "-m", "eviction=none,focus", "check_only=true", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("config ok: eviction=") == 2
+    assert "loading" not in proc.stdout and not list(tmp_path.rglob("metrics.json"))
 
 
 def test_two_by_two_sweep_and_report(tmp_path):
@@ -357,7 +366,8 @@ def test_joblib_sweep_logging_to_wandb_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib" in proc.stdout + proc.stderr
     runs = sorted(p.parent for p in tmp_path.rglob("metrics.json"))
-    assert {json.loads((r / "metrics.json").read_text())["config"]["unmasking"]["threshold"] for r in runs} == {0.5, 0.9}
+    records = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    assert {r["config"]["unmasking"]["threshold"] for r in records} == {0.5, 0.9}
     for run in runs:
         assert json.loads((run / "metrics.json").read_text())["n_examples"] == 4
         wandb_runs = list((run / "wandb").glob("offline-run-*"))
