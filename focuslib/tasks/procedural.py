@@ -200,7 +200,7 @@ def score_mixed(prediction: str, example: Row) -> float:
 
 # ------------------------------------------------------------------ builders
 
-DEFAULT_MIX_WEIGHTS: dict[str, float] = {"spell_backward": 0.2, "number_sorting": 0.4, "chain_sum": 0.4}
+DEFAULT_MIX_WEIGHTS: dict[str, float] = {"spell_backward": 0.25, "number_sorting": 0.25, "chain_sum": 0.25, "basic_arithmetic": 0.25}
 
 
 def knob_names(name: str) -> list[str]:
