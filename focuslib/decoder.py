@@ -203,6 +203,7 @@ class DiffusionDecoder:
         h = self.model.embed_rows(state.x.gather(1, rows.pos), rows.pos, state.prompt_len)  # [B, L, C]
         stats.forward_passes += 1
         layer_rows: list[LayerRows] = []
+        reusable = reusable & ~rows.as_mask(t)  # rows dropped later in this step leave no K/V to attend
         mask = self._attention_mask(rows, reusable, key_pos)  # [B, L, T+1], rebuilt only when rows change
         for i, layer in enumerate(self.model.layers):
             out = self.eviction.run_layer(LayerInput(index=i, layer=layer, h=h, rows=rows, mask=mask, cache=cache,

@@ -31,14 +31,13 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- FOCUS
 
 
-def _block_slots(info: LayerRows) -> tuple[Tensor, Tensor]:
-    """Row index of each block position [B, S] (-1: no row) and [B, S] True = slot inside the tensor."""
+def _block_rows(info: LayerRows) -> Tensor:
+    """[B, S] row index of each position of the current block (-1: no row, or past the end of the tensor)."""
     state = info.state
     t = state.x.shape[1]
-    raw = info.block_start[:, None] + torch.arange(state.span, device=state.x.device)  # [B, S]
-    in_range = raw < t
+    raw = info.block_start[:, None] + torch.arange(state.span, device=state.x.device)  # [B, S] positions
     row_of = info.rows.lookup(t).gather(1, raw.clamp(max=t - 1))  # [B, S]
-    return torch.where(in_range, row_of, -1), in_range
+    return torch.where(raw < t, row_of, -1)
 
 
 def _first_true(mask: Tensor) -> Tensor:
@@ -102,7 +101,7 @@ class Focus:
     @staticmethod
     def _keep_rows(info: LayerRows, delta: Tensor, budget: Tensor) -> Tensor:
         """Run the keep rule over block slots and map it back to rows: [B, L] True = keep computing."""
-        row_of, in_range = _block_slots(info)  # [B, S]
+        row_of = _block_rows(info)  # [B, S]
         has_row = row_of >= 0
         slot_row = row_of.clamp(min=0)
         masked = has_row & info.masked.gather(1, slot_row)  # [B, S] masked block positions with a row

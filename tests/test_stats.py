@@ -106,6 +106,22 @@ def test_auc_planted_separation():
     assert abs(fs.auc(rng.normal(size=2 * n), y) - 0.5) < 0.02
 
 
+def test_association_table_ci_covers_planted_auc():
+    # decodable rows shifted by d noise stds: AUC = Phi(d / sqrt 2); the step-cluster
+    # bootstrap CI must cover it, and a pure-noise signal must give a CI around 0.5
+    rng = np.random.default_rng(21)
+    n_steps, m, d = 400, 6, 1.5
+    dec = np.tile(np.arange(m) == 0, n_steps)
+    t = pd.DataFrame({"seq": np.repeat(np.arange(n_steps), m), "step": 0,
+                      "delta": rng.normal(size=n_steps * m) + d * dec, "noise": rng.normal(size=n_steps * m),
+                      "decodable_now": dec})
+    tab = fs.association_table(t, signals=["delta", "noise"], n_resamples=300, groups=("seq", "step"))
+    true_auc = sps.norm.cdf(d / math.sqrt(2))  # 0.8556
+    assert tab.loc["delta", "auc_lo"] <= true_auc <= tab.loc["delta", "auc_hi"]
+    assert abs(tab.loc["delta", "auc"] - true_auc) < 0.03
+    assert tab.loc["noise", "auc_lo"] <= 0.5 <= tab.loc["noise", "auc_hi"]
+
+
 def test_roc_curve_hand_example():
     fpr, tpr, thr = fs.roc_curve([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
