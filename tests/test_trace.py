@@ -76,6 +76,16 @@ def test_trace_with_focus_marks_evicted_rows():
     assert not (out.tokens == TINY_MASK).any()
 
 
+def test_trace_with_dyllm_stack():
+    """Importances come from the q/k the layer runner returns (cached rows included)."""
+    from policies.eviction import DyLLM
+
+    df = _run("llada", [Focus(), DyLLM()], FixedBudget(count=2), cache="none", block=4).trace
+    assert list(df.columns) == COLUMNS
+    assert np.isfinite(df["imp0"]).all() and np.isfinite(df["imp1"]).all()
+    assert not (df["committed"] & ~df["kept"]).any()
+
+
 def test_trace_save_load_round_trip(tmp_path):
     df = _run("sdar", Focus(), FixedBudget(count=1), cache="block").trace
     path = save_trace(df, tmp_path / "sub" / "trace.parquet")
