@@ -63,7 +63,6 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
         torch.set_num_threads(cfg.threads)
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
     task = load_task(cfg.task.name, cfg.n_examples, seed=cfg.task.seed, **cfg.task.options)
-    small = load_task(cfg.task.name, min(cfg.batch1_examples, cfg.n_examples), seed=cfg.task.seed, **cfg.task.options)
     unmasking = instantiate(cfg.unmasking)
     names = ["dense", *[n for n in cfg.stacks if n != "dense"]]
     rows = []
@@ -73,7 +72,7 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
         decoder = DiffusionDecoder(model, unmasking, eviction, budget, block_size=cfg.block_size,
                                    cache=cfg.cache.mode, tokenizer=tok)
         tqdm.write(f"batch {batch_size:>3}  {name}")
-        rows.append({"stack": name, **time_cell(decoder, small if batch_size == 1 else task, cfg, batch_size)})
+        rows.append({"stack": name, **time_cell(decoder, task, cfg, batch_size)})
     add_ratios(rows)
     return rows
 
