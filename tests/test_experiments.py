@@ -24,7 +24,7 @@ from experiments.report import load_runs, pareto_front, write_report
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 GROUPS = ("model", "unmasking", "eviction", "budget", "cache", "task", "logger", "experiment")
-REFERENCE = Path(os.environ.get("FOCUSLIB_REFERENCE_CHECKPOINTS", ROOT.parent / "shared" / "reference-checkpoints"))
+REFERENCE = ROOT / "tests" / "data" / "reference-checkpoints"  # published metadata of the real checkpoints
 REAL_MODELS = {"llada_8b_instruct": "llada-8b-instruct", "dream_7b_instruct": "dream-v0-instruct-7b",
                "sdar_8b_chat_b32": "sdar-8b-chat", "llada2_mini": "llada2-mini"}
 FAST = ["task.n=2", "progress=false"]

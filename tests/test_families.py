@@ -14,10 +14,7 @@ from focuslib.loading import load_tokenizer, read_config
 from focuslib.model import Transformer
 from focuslib.testing import FAMILY_NAMES, tiny_config
 
-_ROOT = Path(__file__).resolve().parents[1]
-REF = next(
-    (p for p in (_ROOT / "shared", _ROOT.parent / "shared") if (p / "reference-checkpoints").is_dir()), _ROOT
-) / "reference-checkpoints"
+REF = Path(__file__).parent / "data" / "reference-checkpoints"  # published metadata of the real checkpoints
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="reference checkpoint metadata not available")
 
 WITH_WEIGHT_MAP = ["llada-8b-instruct", "dream-v0-instruct-7b", "sdar-8b-chat"]
