@@ -129,8 +129,13 @@ class DiffusionDecoder:
                  stop_at_eos: bool = True, trace: bool = False, seed: int | None = None) -> GenerationOutput:
         """Decode `gen_length` tokens after each prompt.
 
-        steps: total step budget for schedule policies (split evenly over blocks); for
-        dynamic policies a cap (the block's remaining masks are committed at its last step).
+        steps: total step budget for schedule policies (split evenly over the
+        ceil(gen_length / block) blocks); for dynamic policies a cap (the block's remaining
+        masks are committed at its last step). On the absolute block grid of block-diffusion
+        families a prompt ending mid-block makes its generation touch one block more, which
+        gets the same per-block budget. Every step commits at least one token, so
+        `steps > gen_length` finishes in gen_length steps. With an eviction policy, rows
+        evicted at a block's last budgeted step commit at the next one.
         """
         ids = self._encode(prompts)
         self._check_request(ids, gen_length, steps)
