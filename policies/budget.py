@@ -5,7 +5,6 @@ A budget policy is called with the rows after a layer and returns K [B] (long,
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch

@@ -28,14 +28,6 @@ BUDGETS = {"none": lambda: None, "focus": lambda: FocusBudget(1.5), "fixed": lam
 MODELS = {family: tiny_model(family) for family in FAMILIES}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest on one thread; several threads on a shared CPU are ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cases():
     names = itertools.product(FAMILIES, enumerate(POLICIES), enumerate(EVICTIONS), enumerate(BUDGETS))

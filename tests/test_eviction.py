@@ -24,14 +24,6 @@ CASES = [("llada", "none", 8), ("llada", "dual", 8), ("dream", "prefix", 8), ("s
          ("sdar", "delayed", None)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest on one thread; several threads on a shared CPU are ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _generate(family: str, cache: str, block: int | None, eviction=None, budget=None, n_layers: int = 4,
               trace: bool = False, unmasking=None, steps: int | None = None):

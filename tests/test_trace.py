@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from focuslib import load_trace, save_trace
 from focuslib.decoder import DiffusionDecoder
@@ -17,13 +16,6 @@ COLUMNS = ["step", "seq", "block", "position", "imp0", "imp1", "delta", "kept", 
            "committed_step"]
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16]]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(family: str, eviction=None, budget=None, cache: str | None = None, block: int | None = None):

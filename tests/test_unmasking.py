@@ -36,14 +36,6 @@ SCHEDULED = {"low_confidence", "random", "maskgit_plus", "topk_margin", "entropy
 RANDOM_POSITIONS = {"random", "origin"}  # which rows commit depends on the generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tensors here are tiny: intra-op threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------------------------------
 # builders
