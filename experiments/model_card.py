@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +26,18 @@ EVAL_WEIGHTS = {"spell_backward": 0.25, "number_sorting": 0.25, "chain_sum": 0.2
 
 def decode_task(model: Any, tok: Any, task: Any, policy: str, gen_length: int, batch_size: int) -> dict[str, dict]:
     """Per sub-task {accuracy, tokens_per_step, n} for one policy ("low_confidence" | "threshold")."""
-    from focuslib.decoder import DiffusionDecoder
+    from collections import Counter
+
+    from focuslib import DiffusionDecoder, evaluate
     from policies.unmasking import LowConfidence, Threshold
 
     unmasking = LowConfidence() if policy == "low_confidence" else Threshold(0.9)
     steps = gen_length if policy == "low_confidence" else None
-    decoder = DiffusionDecoder(model, unmasking, tokenizer=tok)
-    rows_by_task: dict[str, list[dict]] = defaultdict(list)
-    for row in task.dataset:
-        rows_by_task[row["task"]].append(row)
-    out = {}
-    for name, rows in sorted(rows_by_task.items()):
-        hits, committed, seq_steps = 0.0, 0, 0
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s : s + batch_size]
-            gen = decoder.generate([r["prompt"] for r in chunk], gen_length=gen_length, steps=steps)
-            hits += sum(task.score(text, r) for text, r in zip(gen.text, chunk))
-            committed += gen.stats.tokens_committed
-            seq_steps += gen.stats.sequence_steps
-        out[name] = {"accuracy": hits / len(rows), "tokens_per_step": committed / max(seq_steps, 1), "n": len(rows)}
-    return out
+    result = evaluate(DiffusionDecoder(model, unmasking, tokenizer=tok), task, gen_length=gen_length, steps=steps,
+                      batch_size=batch_size, progress=False)
+    n = Counter(r["task"] for r in result.records)
+    return {name: {"accuracy": acc, "tokens_per_step": result.tokens_per_step_by_task[name], "n": n[name]}
+            for name, acc in result.per_task.items()}
 
 
 def summarize(per_task: dict[str, dict]) -> dict[str, float]:
