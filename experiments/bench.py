@@ -59,6 +59,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
+    """One row per (batch size, stack); dense runs first at each batch size so ratios have a base."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
@@ -78,6 +79,7 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a GitHub markdown table with COLUMNS (bench.md)."""
     head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
     fmt = {"tokens_per_s": "{:.0f}", "speedup": "{:.2f}x", "compute_ratio": "{:.2f}x", "speedup_share": "{:.0%}",
            "tokens_per_step": "{:.2f}", "accuracy": "{:.1%}"}
@@ -86,6 +88,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Six panels against batch size, one line per stack (bench.png); matplotlib is imported only here."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,7 +11,7 @@ their errors with the config key. Model facts come from config.json alone
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from focuslib.cache import CACHE_MODES
+from focuslib.eviction import as_policy_list as _as_list  # the decoder's own normaliser: what validates, decodes
 from focuslib.loading import read_config, resolve_checkpoint
 from focuslib.model import ModelConfig
 from focuslib.tasks import TASK_NAMES, Task, load_task
@@ -152,17 +153,6 @@ def _build(cfg: DictConfig, group: str, problems: list[str]) -> Any:
 def _empty(node: Any) -> bool:
     """A group whose option is comment-only (e.g. eviction=none): the policy is None."""
     return node is None or (isinstance(node, DictConfig) and not node)
-
-
-def _as_list(built: Any) -> list[Any]:
-    """The policies an eviction group built (one, a list applied in order, a mapping, or nothing), for checks."""
-    if built is None:
-        return []
-    if isinstance(built, (Mapping, DictConfig)):
-        return _as_list(list(built.values()))
-    if isinstance(built, (list, tuple, ListConfig)):
-        return [p for item in built for p in _as_list(item)]
-    return [built]
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:

@@ -55,6 +55,7 @@ def run(cfg: DictConfig, plan: Plan, run_dir: Path, overrides: list[str]) -> dic
 
 
 def write_run_dir(run_dir: Path, record: dict[str, Any], result: EvalResult) -> None:
+    """metrics.json (what experiments.report reads) and generations.jsonl (one record per problem)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     with open(run_dir / "generations.jsonl", "w") as f:
@@ -63,6 +64,7 @@ def write_run_dir(run_dir: Path, record: dict[str, Any], result: EvalResult) -> 
 
 
 def print_summary(result: EvalResult, decoder: DiffusionDecoder, show: int, run_dir: Path) -> None:
+    """Console summary: the policies as run, the first `show` generations, the headline metrics."""
     evicting = decoder.eviction.policies
     budget = decoder.eviction.budget if evicting else None  # a budget without ranking eviction does nothing
     policies = [decoder.unmasking, *evicting, budget]

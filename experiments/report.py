@@ -44,6 +44,7 @@ def load_runs(root: Path) -> pd.DataFrame:
 
 
 def _split_override(override: str) -> tuple[str, str]:
+    """'+budget.alpha=1.5' -> ('budget.alpha', '1.5'): Hydra's add/delete prefixes do not make a new column."""
     key, _, value = override.lstrip("+~").partition("=")
     return key, value
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ from torch import Tensor
 from focuslib.cache import BlockView, CacheMode, KVCache, cache_mode_class
 from focuslib.eviction import EvictionStack, LayerInput, LayerRows
 from focuslib.model import Transformer
-from focuslib.rows import Rows
+from focuslib.rows import Rows, block_positions
 from focuslib.trace import TraceRecorder
 from policies.budget import BudgetPolicy
 from policies.unmasking import StepContext, UnmaskingPolicy
@@ -55,9 +55,11 @@ class DecodeStats:
 
     @property
     def tokens_per_s(self) -> float:
+        """Committed tokens over decoding wall time (setup and output excluded)."""
         return self.tokens_committed / max(self.wall_time_s, 1e-9)
 
     def as_dict(self) -> dict:
+        """The counters and derived rates as plain values (per-step lists left out), for JSON records."""
         keys = ("forward_passes", "steps", "row_layers", "tokens_committed", "wall_time_s")
         return {**{k: getattr(self, k) for k in keys},
                 "tokens_per_step": self.tokens_per_step, "tokens_per_s": self.tokens_per_s,
@@ -106,9 +108,9 @@ class DiffusionDecoder:
         True
     """
 
-    def __init__(self, model: Transformer, unmasking: UnmaskingPolicy, eviction=None,
+    def __init__(self, model: Transformer, unmasking: UnmaskingPolicy, eviction: Any = None,
                  budget: BudgetPolicy | None = None, *, block_size: int | None = None,
-                 cache: str | None = None, tokenizer=None) -> None:
+                 cache: str | None = None, tokenizer: Any = None) -> None:
         cfg = model.cfg
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
         self.unmasking = unmasking
@@ -156,18 +158,22 @@ class DiffusionDecoder:
     # -- one step ----------------------------------------------------------------
 
     def _step(self, state: DecodeState, mode: CacheMode, cache: KVCache, stats: DecodeStats,
-              recorder: TraceRecorder | None, steps_per_block: int | None, generator, stop_at_eos: bool) -> None:
+              recorder: TraceRecorder | None, steps_per_block: int | None, generator: torch.Generator | None,
+              stop_at_eos: bool) -> None:
         view = self._view(state)
         active = ~state.done
-        start = self.block_start(state)
+        t = state.x.shape[1]
+        start = self._block_start(state)
         need = mode.rows(view)
         if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
             need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
-        rows = Rows.from_mask(need & active[:, None])
+        need = need & active[:, None]
+        rows = Rows.from_mask(need)
+        reusable = mode.reusable(view) & ~need  # rows dropped later in this step leave no K/V to attend
         masked_block = view.in_block & ~view.decoded & active[:, None]  # [B, T] True = may be committed
-        h, rows, layer_rows = self._run_layers(state, rows, mode.reusable(view), cache, stats, masked_block, start)
-        mode.update(view, rows.as_mask(state.x.shape[1]))
-        block_pos, in_range = self._block_positions(state, start)
+        h, rows, layer_rows = self._run_layers(state, rows, reusable, cache, stats, masked_block, start)
+        mode.update(view, rows.as_mask(t))
+        block_pos, in_range = block_positions(start, state.span, t)
         masked = masked_block.gather(1, block_pos) & in_range  # [B, S]
         logits, candidates = self._block_logits(state, h, rows, block_pos, masked)
         ctx = StepContext(step=state.step_in_block, steps_per_block=steps_per_block,
@@ -201,24 +207,26 @@ class DiffusionDecoder:
 
         The eviction stack runs each layer (`dense_layer`, or a policy's own runner such
         as DyLLM's) and may then drop rows (FOCUS). row_layers counts the rows whose
-        attention and FFN really ran (`LayerOutput.computed`).
+        attention and FFN really ran (`LayerOutput.computed`); the counts stay on the
+        device until the last layer, so the loop itself adds no host sync.
+        reusable [B, T]: cached positions that are not among `rows`.
         """
         t = state.x.shape[1]
         key_pos = torch.arange(t + 1, device=state.x.device).expand(state.x.shape[0], t + 1)  # [B, T+1]
         h = self.model.embed_rows(state.x.gather(1, rows.pos), rows.pos, state.prompt_len)  # [B, L, C]
         stats.forward_passes += 1
         layer_rows: list[LayerRows] = []
-        reusable = reusable & ~rows.as_mask(t)  # rows dropped later in this step leave no K/V to attend
-        mask = self._attention_mask(rows, reusable, key_pos)  # [B, L, T+1], rebuilt only when rows change
+        computed: list[Tensor] = []  # per layer, 0-dim count of rows that really ran
+        # rebuilt only when rows change: [B, L, T+1] attention mask and [B, L] masked-row flags
+        mask = self._attention_mask(rows, reusable, key_pos)
+        masked_rows = masked_block.gather(1, rows.pos) & rows.valid
         for i, layer in enumerate(self.model.layers):
             out = self.eviction.run_layer(LayerInput(index=i, layer=layer, h=h, rows=rows, mask=mask, cache=cache,
                                                      state=state))
             h = out.h
-            n = rows.count if out.computed is rows.valid else int(out.computed.sum())
-            stats.row_layers += n
-            stats.row_layers_per_layer[i] += n
-            info = LayerRows(layer=i, rows=rows, q=out.q, k=out.k, masked=masked_block.gather(1, rows.pos) & rows.valid,
-                             block_start=block_start, state=state)
+            computed.append(out.computed.sum())
+            info = LayerRows(layer=i, rows=rows, q=out.q, k=out.k, masked=masked_rows, block_start=block_start,
+                             state=state)
             if i < 2:  # layers 0 and 1 feed traces
                 layer_rows.append(info)
             keep = self.eviction.after_layer(info)
@@ -226,6 +234,10 @@ class DiffusionDecoder:
                 rows, index = rows.select(keep)  # index [B, L'] into the old rows
                 h = h.gather(1, index[:, :, None].expand(-1, -1, h.shape[-1]))
                 mask = self._attention_mask(rows, reusable, key_pos)
+                masked_rows = masked_block.gather(1, rows.pos) & rows.valid
+        for i, n in enumerate(torch.stack(computed).tolist()):
+            stats.row_layers += n
+            stats.row_layers_per_layer[i] += n
         return h, rows, layer_rows
 
     def _attention_mask(self, rows: Rows, reusable: Tensor, key_pos: Tensor) -> Tensor:
@@ -236,12 +248,6 @@ class DiffusionDecoder:
         mask[:, :, 0] |= ~rows.valid  # padding rows attend position 0 so softmax stays finite
         return mask
 
-    def _block_positions(self, state: DecodeState, start: Tensor) -> tuple[Tensor, Tensor]:
-        """Absolute positions [B, S] of each sequence's current block, and [B, S] True = inside the tensor."""
-        t = state.x.shape[1]
-        raw = start[:, None] + torch.arange(state.span, device=start.device)
-        return raw.clamp(max=t - 1), raw < t
-
     def _block_logits(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor,
                       masked: Tensor) -> tuple[Tensor, Tensor]:
         """Logits [B, S, V] for the block positions and candidates [B, S] (True = may be committed now).
@@ -250,13 +256,13 @@ class DiffusionDecoder:
         its left neighbour under Dream's shift) survived every layer.
         """
         shift = int(self.cfg.logit_shift)
-        row_of = rows.lookup(state.x.shape[1]).gather(1, (block_pos - shift).clamp(min=0))  # [B, S], -1 = no row
+        row_of = rows.rows_at((block_pos - shift).clamp(min=0), state.x.shape[1])  # [B, S], -1 = no row
         h_block = h.gather(1, row_of.clamp(min=0)[:, :, None].expand(-1, -1, h.shape[-1]))
         logits = self.model.logits(h_block).float()
         logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
         return logits, masked & (row_of >= 0)
 
-    def block_start(self, state: DecodeState) -> Tensor:
+    def _block_start(self, state: DecodeState) -> Tensor:
         """[B] absolute start of each sequence's current block (for gathering its positions)."""
         blk = state.current_block.clamp(max=state.x.shape[1])  # finished sequences: anything in range
         if self.cfg.block_diffusion:
@@ -270,10 +276,10 @@ class DiffusionDecoder:
         seq, slot = chosen.nonzero(as_tuple=True)
         state.x[seq, block_pos[seq, slot]] = tokens[seq, slot]
         state.committed_step[seq, block_pos[seq, slot]] = stats.steps
-        n = int(chosen.sum())
+        n, n_active = torch.stack([chosen.sum(), active.sum()]).tolist()  # one host sync for both
         stats.tokens_committed += n
         stats.committed_per_step.append(n)
-        stats.sequence_steps += int(active.sum())
+        stats.sequence_steps += n_active
         stats.steps += 1
         masked = (state.x == self.cfg.mask_id) & state.in_sequence
         block = torch.where(masked, state.block_id, torch.iinfo(torch.long).max).min(1).values
@@ -377,7 +383,6 @@ class DiffusionDecoder:
 
     def _output(self, state: DecodeState, ids: list[list[int]], gen_length: int, stats: DecodeStats,
                 recorder: TraceRecorder | None) -> GenerationOutput:
-        b = len(ids)
         idx = state.prompt_len[:, None] + torch.arange(gen_length, device=state.x.device)
         tokens = state.x.gather(1, idx)
         eos = set(self.cfg.eos_ids)
@@ -389,7 +394,6 @@ class DiffusionDecoder:
         if self.tokenizer is not None:
             text = [self.tokenizer.decode(s, skip_special_tokens=True) for s in sequences]
         trace = recorder.frame(state.committed_step) if recorder is not None else None
-        assert len(sequences) == b
         committed = state.committed_step >= 0
         return GenerationOutput(sequences=sequences, tokens=tokens, stats=stats, text=text, trace=trace,
                                 steps_per_sequence=(state.committed_step.max(1).values + 1).tolist(),

@@ -18,6 +18,7 @@ D head dim, C width.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -58,35 +59,9 @@ class LayerOutput:
     computed: Tensor  # [B, L] bool, True = the row's attention and FFN really ran (counted as a row-layer)
 
 
-class RowPacker:
-    """Packs the valid rows of [B, L, ...] tensors into [1, N, ...] and back.
-
-    Projections, norms, RoPE and the FFN act on each row alone, so they only need the
-    N valid rows; ragged batches (sequences at different stages, finished sequences,
-    evicted rows) otherwise spend much of the time on padding. Attention needs the
-    [B, L] layout and runs unpacked. With no padding, pack/unpack are the identity.
-    """
-
-    def __init__(self, valid: Tensor) -> None:  # valid [B, L] bool, True = real row
-        self.shape = valid.shape
-        self.index = valid.flatten().nonzero().squeeze(1)  # [N] flat row index
-        self.identity = self.index.numel() == valid.numel()
-
-    def pack(self, t: Tensor) -> Tensor:
-        """[B, L, ...] -> [1, N, ...]"""
-        return t if self.identity else t.flatten(0, 1).index_select(0, self.index)[None]
-
-    def unpack(self, t: Tensor) -> Tensor:
-        """[1, N, ...] -> [B, L, ...] with zeros on padding rows."""
-        if self.identity:
-            return t
-        out = torch.zeros((self.shape.numel(), *t.shape[2:]), dtype=t.dtype, device=t.device)
-        return out.index_copy_(0, self.index, t[0]).view(*self.shape, *t.shape[2:])
-
-
 def dense_layer(x: LayerInput) -> LayerOutput:
     """The plain layer: every row's Q/K/V, attention and FFN are computed (row-wise parts on valid rows only)."""
-    rows = RowPacker(x.rows.valid)
+    rows = x.rows.packer  # built once per row set, not per layer (its nonzero is a host sync)
     h = rows.pack(x.h)  # [1, N, C] (or [B, L, C] without padding)
     q, k, v = (rows.unpack(t) for t in x.layer.qkv(h, rows.pack(x.rows.pos)))  # [B, L, H|G, D]
     x.cache.write(x.index, x.rows.pos, x.rows.valid, k, v)
@@ -135,42 +110,55 @@ class EvictionPolicy(Protocol):
     def after_layer(self, info: LayerRows, budget: Tensor | None) -> Tensor | None: ...
 
 
-def _as_policy_list(eviction: Any) -> list[Any]:
-    """None -> []; a single policy -> [policy]; a list, tuple or Stack of policies -> their list."""
+def as_policy_list(eviction: Any) -> list[Any]:
+    """The policies `eviction` names, in order: None -> []; one policy -> [policy]; lists, tuples,
+    Stacks and mappings (their values, as Hydra builds a dict of policies) -> their policies, flattened.
+
+    The one normaliser for the decoder and the config checks, so a config that validates also decodes.
+    """
     if eviction is None:
         return []
-    if hasattr(eviction, "after_layer") or hasattr(eviction, "run_layer"):
+    if hasattr(eviction, "after_layer") or hasattr(eviction, "run_layer") or isinstance(eviction, (str, bytes)):
         return [eviction]
-    return [p for p in eviction if p is not None]
+    if isinstance(eviction, Mapping):
+        eviction = list(eviction.values())
+    if isinstance(eviction, Iterable):
+        return [p for item in eviction for p in as_policy_list(item)]
+    return [eviction]
 
 
 class EvictionStack:
-    """Applies eviction policies in order; each sees the rows the previous one kept."""
+    """Applies eviction policies after each layer: all see the same rows and their keep masks are ANDed.
+
+    Rows dropped after layer l are gone for every policy from layer l + 1 on.
+    """
 
     def __init__(self, policies: Sequence[Any], budget: Any | None) -> None:
         self.policies = list(policies)
         self.budget = budget
         runners = [p for p in self.policies if getattr(p, "run_layer", None) is not None]
+        if len(runners) > 1:
+            names = [type(p).__name__ for p in runners]
+            raise ValueError(f"eviction policies {names} each run the layers themselves; a stack may hold one")
         self._runner = runners[0].run_layer if runners else dense_layer
 
     @classmethod
     def build(cls, eviction: Any, budget: Any, model: "Transformer") -> "EvictionStack":
         """Check the policies against the model and each other; errors here fail before any decoding."""
-        policies = _as_policy_list(eviction)
-        runners = [type(p).__name__ for p in policies if getattr(p, "run_layer", None) is not None]
-        if len(runners) > 1:
-            raise ValueError(f"eviction policies {runners} each run the layers themselves; a stack may hold one")
-        for p in policies:
+        stack = cls(as_policy_list(eviction), budget)
+        for p in stack.policies:
+            if getattr(p, "after_layer", None) is None:
+                raise TypeError(f"{p!r} is not an eviction policy: it has no after_layer(info, budget)")
             check = getattr(p, "check", None)
             if check is not None:
                 check(model.cfg)
-        needs_budget = any(getattr(p, "needs_budget", False) for p in policies)
-        if needs_budget and budget is None:
-            names = [type(p).__name__ for p in policies if getattr(p, "needs_budget", False)]
-            raise ValueError(f"eviction policy {names} ranks rows and needs a budget policy (e.g. FocusBudget)")
-        return cls(policies, budget)
+        ranking = [type(p).__name__ for p in stack.policies if getattr(p, "needs_budget", False)]
+        if ranking and budget is None:
+            raise ValueError(f"eviction policy {ranking} ranks rows and needs a budget policy (e.g. FocusBudget)")
+        return stack
 
     def reset(self, batch: int) -> None:
+        """Forget every policy's per-call state before a new `generate` of `batch` sequences."""
         for p in self.policies:
             p.reset(batch)
 
@@ -179,6 +167,7 @@ class EvictionStack:
         return self._runner(x)
 
     def after_layer(self, info: LayerRows) -> Tensor | None:
+        """AND of the policies' keep masks [B, L] (None: nobody drops a row); K is computed only for who wants it."""
         keep = None
         for p in self.policies:
             budget = self.budget(info) if self._wants_budget(p, info.layer) else None

@@ -7,11 +7,38 @@ valid False and point at a harmless position.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
 from kernels.compaction import compact_rows, gather_rows
+
+
+class RowPacker:
+    """Packs the valid rows of [B, L, ...] tensors into [1, N, ...] and back.
+
+    Projections, norms, RoPE and the FFN act on each row alone, so they only need the
+    N valid rows; ragged batches (sequences at different stages, finished sequences,
+    evicted rows) otherwise spend much of the time on padding. Attention needs the
+    [B, L] layout and runs unpacked. With no padding, pack/unpack are the identity.
+    """
+
+    def __init__(self, valid: Tensor) -> None:  # valid [B, L] bool, True = real row
+        self.shape = valid.shape
+        self.index = valid.flatten().nonzero().squeeze(1)  # [N] flat row index
+        self.identity = self.index.numel() == valid.numel()
+
+    def pack(self, t: Tensor) -> Tensor:
+        """[B, L, ...] -> [1, N, ...]"""
+        return t if self.identity else t.flatten(0, 1).index_select(0, self.index)[None]
+
+    def unpack(self, t: Tensor) -> Tensor:
+        """[1, N, ...] -> [B, L, ...] with zeros on padding rows."""
+        if self.identity:
+            return t
+        out = torch.zeros((self.shape.numel(), *t.shape[2:]), dtype=t.dtype, device=t.device)
+        return out.index_copy_(0, self.index, t[0]).view(*self.shape, *t.shape[2:])
 
 
 @dataclass
@@ -27,24 +54,45 @@ class Rows:
         index, valid = compact_rows(mask)
         return cls(torch.where(valid, index, 0), valid)
 
+    @cached_property
+    def packer(self) -> RowPacker:
+        """RowPacker of the valid rows: every layer over the same rows shares it (and its one host sync)."""
+        return RowPacker(self.valid)
+
     def select(self, keep: Tensor) -> tuple["Rows", Tensor]:
         """Keep rows where keep [B, L] is True; also returns the gather index [B, L'] into the old rows."""
         index, valid = compact_rows(keep & self.valid)
         return Rows(gather_rows(self.pos, index), valid), index
 
-    @property
-    def count(self) -> int:
-        return int(self.valid.sum())
+    def by_position(self, values: Tensor, positions: int, fill: float | bool | int) -> Tensor:
+        """Row values [B, L, ...] -> [B, T+1, ...] by absolute position; padding rows land in column T.
+
+        Every other position holds `fill`. The one scatter behind `as_mask`, `lookup` and the
+        policies' per-position caches, so all agree on where padding rows go.
+        """
+        out = torch.full((values.shape[0], positions + 1, *values.shape[2:]), fill, dtype=values.dtype,
+                         device=values.device)
+        idx = torch.where(self.valid, self.pos, positions).view(*self.pos.shape, *([1] * (values.dim() - 2)))
+        return out.scatter_(1, idx.expand_as(values), values)
 
     def as_mask(self, positions: int) -> Tensor:
         """[B, T] bool, True = position is one of the valid rows."""
-        mask = torch.zeros(self.pos.shape[0], positions + 1, dtype=torch.bool, device=self.pos.device)
-        mask.scatter_(1, torch.where(self.valid, self.pos, positions), True)
-        return mask[:, :positions]
+        return self.by_position(self.valid, positions, False)[:, :positions]
 
     def lookup(self, positions: int) -> Tensor:
         """[B, T] long: row index of each position, -1 where the position is not a valid row."""
-        table = torch.full((self.pos.shape[0], positions + 1), -1, dtype=torch.long, device=self.pos.device)
         rank = torch.arange(self.pos.shape[1], device=self.pos.device).expand_as(self.pos)
-        table.scatter_(1, torch.where(self.valid, self.pos, positions), rank)
-        return table[:, :positions]
+        return self.by_position(rank, positions, -1)[:, :positions]
+
+    def rows_at(self, at: Tensor, positions: int) -> Tensor:
+        """[B, S] row index of the positions `at` [B, S] (each < T), -1 where the position is not a valid row."""
+        return self.lookup(positions).gather(1, at)
+
+
+def block_positions(start: Tensor, span: int, positions: int) -> tuple[Tensor, Tensor]:
+    """Absolute positions [B, S] of blocks of `span` starting at start [B] (clamped to T - 1), and [B, S] True = < T.
+
+    The one definition of "the current block's positions" for the decoder, eviction policies and traces.
+    """
+    raw = start[:, None] + torch.arange(span, device=start.device)
+    return raw.clamp(max=positions - 1), raw < positions

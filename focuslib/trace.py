@@ -27,8 +27,7 @@ COLUMNS = ("step", "seq", "block", "position", "imp0", "imp1", "delta", "kept", 
 
 def _at_positions(values: Tensor, info: LayerRows, block_pos: Tensor) -> Tensor:
     """Row values [B, L] of layer rows, read at block positions [B, S] (NaN where not a row)."""
-    t = info.state.x.shape[1]
-    row_of = info.rows.lookup(t).gather(1, block_pos)
+    row_of = info.rows.rows_at(block_pos, info.state.x.shape[1])
     picked = values.gather(1, row_of.clamp(min=0))
     return torch.where(row_of >= 0, picked, torch.nan)
 

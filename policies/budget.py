@@ -5,7 +5,7 @@ A budget policy is called with the rows after a layer and returns K [B] (long,
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -13,6 +13,11 @@ from torch import Tensor
 if TYPE_CHECKING:
     from focuslib.eviction import LayerRows
 
+
+class BudgetPolicy(Protocol):
+    """Any callable LayerRows -> K [B] long (>= 1): the decoder accepts user budgets, not only the two below."""
+
+    def __call__(self, info: "LayerRows") -> Tensor: ...
 
 
 def decoded_per_step(info: "LayerRows") -> Tensor:
@@ -63,6 +68,4 @@ class FixedBudget:
         return f"FixedBudget(count={self.count}, fraction={self.fraction})"
 
 
-__all__ = ["FocusBudget", "FixedBudget", "decoded_per_step"]
-
-BudgetPolicy = FocusBudget | FixedBudget
+__all__ = ["BudgetPolicy", "FocusBudget", "FixedBudget", "decoded_per_step"]

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from focuslib.eviction import LayerInput, LayerOutput, LayerRows, RowPacker, masked_importance
+from focuslib.eviction import LayerInput, LayerOutput, LayerRows, masked_importance
 from focuslib.model import attend
+from focuslib.rows import RowPacker, Rows, block_positions
 from kernels import compact_rows, dyllm_update_and_cosine, focus_select, gather_rows
 
 if TYPE_CHECKING:
@@ -33,11 +34,9 @@ if TYPE_CHECKING:
 
 def _block_rows(info: LayerRows) -> Tensor:
     """[B, S] row index of each position of the current block (-1: no row, or past the end of the tensor)."""
-    state = info.state
-    t = state.x.shape[1]
-    raw = info.block_start[:, None] + torch.arange(state.span, device=state.x.device)  # [B, S] positions
-    row_of = info.rows.lookup(t).gather(1, raw.clamp(max=t - 1))  # [B, S]
-    return torch.where(raw < t, row_of, -1)
+    t = info.state.x.shape[1]
+    pos, in_range = block_positions(info.block_start, info.state.span, t)  # [B, S]
+    return torch.where(in_range, info.rows.rows_at(pos, t), -1)
 
 
 def _first_true(mask: Tensor) -> Tensor:
@@ -73,6 +72,7 @@ class Focus:
         return self.layer
 
     def check(self, cfg: "ModelConfig") -> None:
+        """Reject a model too shallow for `layer` when the decoder is built, not at the first step."""
         if self.layer >= cfg.n_layers:
             raise ValueError(f"Focus(layer={self.layer}) needs a model with more than {self.layer} layers; "
                              f"this one has {cfg.n_layers}")
@@ -81,8 +81,9 @@ class Focus:
         self._imp0 = None
 
     def after_layer(self, info: LayerRows, budget: Tensor | None) -> Tensor | None:
+        """Layer 0: store the reference importance; layer `layer`: the keep mask; elsewhere None."""
         if info.layer == 0:
-            self._imp0 = self._by_position(masked_importance(info, self.window), info)
+            self._imp0 = info.rows.by_position(masked_importance(info, self.window), info.state.x.shape[1], 0.0)
             return None
         if info.layer != self.layer:
             return None
@@ -90,13 +91,6 @@ class Focus:
         imp = masked_importance(info, self.window)  # [B, L]
         delta = imp - self._imp0.gather(1, info.rows.pos)  # [B, L]
         return self._keep_rows(info, delta, budget)
-
-    @staticmethod
-    def _by_position(values: Tensor, info: LayerRows) -> Tensor:
-        """Row values [B, L] -> [B, T+1] by absolute position (padding rows go to the trash column T)."""
-        t = info.state.x.shape[1]
-        out = torch.zeros(values.shape[0], t + 1, dtype=values.dtype, device=values.device)
-        return out.scatter_(1, torch.where(info.rows.valid, info.rows.pos, t), values)
 
     @staticmethod
     def _keep_rows(info: LayerRows, delta: Tensor, budget: Tensor) -> Tensor:
@@ -155,6 +149,7 @@ class DyLLM:
         return None  # DyLLM never drops rows; it decides inside the layer what to recompute
 
     def run_layer(self, x: LayerInput) -> LayerOutput:
+        """Steps 1-3 of the class docstring for one layer; `computed` = the salient rows."""
         c = self._cache_for(x)
         rows = x.rows
         if x.index == 0:
@@ -163,7 +158,7 @@ class DyLLM:
         q_all, k_all, dv = c.refresh_qkv(x, updated)  # [B, L, H, D], [B, L, G, D], [B, T+1, G, D]
         salient = updated | self._drifted(x, c, q_all, dv, rows.valid & ~updated)  # [B, L]
         h = c.recompute(x, q_all, salient)  # [B, L, C]
-        c.updated = c.by_position(salient, rows, fill=False)
+        c.updated = rows.by_position(salient, c.trash, False)
         if x.index == len(c.hidden) - 1:
             c.end_step(rows)
         return LayerOutput(h=h, q=q_all, k=k_all, computed=salient)
@@ -189,8 +184,8 @@ class DyLLM:
             return torch.zeros_like(rows)
         pos = torch.where(valid, gather_rows(x.rows.pos, index), c.trash)  # [B, N]
         c_new, cos = dyllm_update_and_cosine(
-            gather_rows(q_all, index), x.cache.k[x.index], dv, c.take(c.context[x.index], pos),
-            c.take(c.reference[x.index], pos), gather_rows(x.mask, index))
+            gather_rows(q_all, index), x.cache.k[x.index], dv, gather_rows(c.context[x.index], pos),
+            gather_rows(c.reference[x.index], pos), gather_rows(x.mask, index))
         c.put(c.context[x.index], pos, c_new)
         l = rows.shape[1]
         out = torch.zeros(rows.shape[0], l + 1, dtype=torch.bool, device=rows.device)
@@ -225,21 +220,11 @@ class _DyLLMCaches:
         self.fresh = torch.zeros(b, t, dtype=torch.bool, device=dev)  # True = every cache holds this position
         self.seen = state.x.clone()  # [B, T] token each position had when last recomputed
         self.updated = torch.zeros(b, t + 1, dtype=torch.bool, device=dev)  # [B, T+1] input changed at this layer
-        self.at_layer0 = self.updated.clone()  # [B, T+1] rows that entered layer 0 this step
+        self.at_layer0 = torch.zeros(b, t, dtype=torch.bool, device=dev)  # [B, T] rows that entered layer 0 this step
         self.trash, self.step, self.state = t, 0, state
 
     def fits(self, x: LayerInput) -> bool:
         return x.state is self.state
-
-    def by_position(self, values: Tensor, rows: Any, fill: bool) -> Tensor:
-        """Row flags [B, L] -> [B, T+1] by position (every other position gets `fill`)."""
-        out = torch.full((values.shape[0], self.trash + 1), fill, dtype=values.dtype, device=values.device)
-        return out.scatter_(1, torch.where(rows.valid, rows.pos, self.trash), values)
-
-    @staticmethod
-    def take(buf: Tensor, pos: Tensor) -> Tensor:
-        """buf [B, T+1, ...] read at positions pos [B, N] -> [B, N, ...]."""
-        return gather_rows(buf, pos)
 
     @staticmethod
     def put(buf: Tensor, pos: Tensor, values: Tensor) -> None:
@@ -248,13 +233,14 @@ class _DyLLMCaches:
         buf[batch, pos] = values.to(buf.dtype)
 
     def begin_step(self, x: LayerInput, updated: Tensor) -> None:
+        """At layer 0: the rows whose input changed, and which rows started the step (for `end_step`)."""
         self.updated = updated
-        self.at_layer0 = self.by_position(x.rows.valid, x.rows, fill=False)
+        self.at_layer0 = x.rows.as_mask(self.trash)
 
-    def end_step(self, rows: Any) -> None:
+    def end_step(self, rows: Rows) -> None:
         """Rows that reached the last layer are fresh; rows dropped on the way must be recomputed next step."""
-        last = self.by_position(rows.valid, rows, fill=False)[:, :-1]
-        self.fresh = (self.fresh & ~self.at_layer0[:, :-1]) | last
+        last = rows.as_mask(self.trash)
+        self.fresh = (self.fresh & ~self.at_layer0) | last
         self.seen = torch.where(last, self.state.x, self.seen)
         self.step += 1
 
@@ -268,12 +254,12 @@ class _DyLLMCaches:
             packer = RowPacker(valid)  # projections only on real rows
             q, k, v = (packer.unpack(t) for t in x.layer.qkv(packer.pack(gather_rows(x.h, index)),
                                                                 packer.pack(gather_rows(x.rows.pos, index))))
-            v_old = self.take(v_cache, pos)
+            v_old = gather_rows(v_cache, pos)
             x.cache.write(x.index, pos, valid, k, v)  # pos is the trash column where valid is False
             self.put(dv, pos, torch.where(valid[:, :, None, None], v.to(dv.dtype) - v_old, 0.0))
             self.put(self.q[x.index], pos, q)
         rows = torch.where(x.rows.valid, x.rows.pos, self.trash)
-        return self.take(self.q[x.index], rows), self.take(k_cache, rows), dv
+        return gather_rows(self.q[x.index], rows), gather_rows(k_cache, rows), dv
 
     def recompute(self, x: LayerInput, q_all: Tensor, salient: Tensor) -> Tensor:
         """Full attention + FFN for salient rows; returns every row's layer output [B, L, C]."""
@@ -288,7 +274,7 @@ class _DyLLMCaches:
             for buf in (self.context[x.index], self.reference[x.index]):
                 self.put(buf, pos, ctx)
             self.put(self.hidden[x.index], pos, h)
-        return self.take(self.hidden[x.index], torch.where(x.rows.valid, x.rows.pos, self.trash))
+        return gather_rows(self.hidden[x.index], torch.where(x.rows.valid, x.rows.pos, self.trash))
 
 
 # ----------------------------------------------------------------------------- stacks
@@ -311,13 +297,6 @@ class Stack:
     def needs_budget(self) -> bool:
         """True when a policy of the stack ranks rows (so tools that see the stack as one policy ask for a budget)."""
         return any(getattr(p, "needs_budget", False) for p in self.policies)
-
-    def check(self, cfg: "ModelConfig") -> None:
-        """Run every policy's own check against the model."""
-        for p in self.policies:
-            check = getattr(p, "check", None)
-            if check is not None:
-                check(cfg)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.policies)
