@@ -58,6 +58,15 @@ class DecodeStats:
         """Committed tokens over decoding wall time (setup and output excluded)."""
         return self.tokens_committed / max(self.wall_time_s, 1e-9)
 
+    def add(self, other: "DecodeStats") -> None:
+        """Accumulate another call's counters (e.g. over the batches of an evaluation)."""
+        for key in ("forward_passes", "steps", "row_layers", "tokens_committed", "sequence_steps", "wall_time_s"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        width = max(len(self.row_layers_per_layer), len(other.row_layers_per_layer))
+        mine = self.row_layers_per_layer + [0] * (width - len(self.row_layers_per_layer))
+        self.row_layers_per_layer = [a + b for a, b in zip(mine, other.row_layers_per_layer + [0] * width)]
+        self.committed_per_step += other.committed_per_step
+
     def as_dict(self) -> dict:
         """The counters and derived rates as plain values (per-step lists left out), for JSON records."""
         keys = ("forward_passes", "steps", "row_layers", "tokens_committed", "wall_time_s")

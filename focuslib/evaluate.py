@@ -64,8 +64,7 @@ def evaluate(decoder: DiffusionDecoder, task: Task, *, gen_length: int, steps: i
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         out = decoder.generate([r["prompt"] for r in chunk], gen_length=gen_length, steps=steps, stop_at_eos=stop_at_eos)
-        for key in ("forward_passes", "row_layers", "tokens_committed", "sequence_steps", "wall_time_s"):
-            setattr(total, key, getattr(total, key) + getattr(out.stats, key))
+        total.add(out.stats)
         for row, text, n_steps, n_tok in zip(chunk, out.text, out.steps_per_sequence, out.committed_per_sequence):
             records.append({"task": row.get("task", task.name), "prompt": row["prompt"], "answer": row["answer"],
                             "prediction": text, "score": task.score(text, row), "steps": n_steps, "committed": n_tok})

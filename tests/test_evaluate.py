@@ -66,3 +66,15 @@ def test_bundled_models_solve_held_out_problems(name):
     assert lc.tokens_per_step == pytest.approx(1.0)
     assert th.tokens_per_step >= 2.0
     assert not math.isnan(th.accuracy)
+
+
+def test_totals_are_sums_over_the_batches(sdar, task):
+    model, tok = sdar
+    decoder = DiffusionDecoder(model, Threshold(0.9), tokenizer=tok)
+    result = evaluate(decoder, task, gen_length=16, batch_size=10, progress=False)
+    outs = [decoder.generate(task.prompts[i:i + 10], gen_length=16) for i in range(0, len(task), 10)]
+    assert result.forward_passes == sum(o.stats.forward_passes for o in outs)
+    assert result.row_layers == sum(o.stats.row_layers for o in outs)
+    assert result.tokens_committed == sum(o.stats.tokens_committed for o in outs)
+    assert result.tokens_per_step == pytest.approx(
+        sum(o.stats.tokens_committed for o in outs) / sum(o.stats.sequence_steps for o in outs))
