@@ -144,8 +144,6 @@ def _valid_overrides(group: str, option: str, tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "experiment" for o in options(g)])
 def test_every_option_validates(group, option, tmp_path):
-    if group == "model" and option in REAL_MODELS and not (REFERENCE / REAL_MODELS[option]).is_dir():
-        pytest.skip(f"reference metadata of {option} not present")
     built = plan(_valid_overrides(group, option, tmp_path))
     assert built.unmasking is not None and built.task is not None and len(built.task) == 2
     assert built.model_cfg.n_layers >= 1
