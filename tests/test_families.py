@@ -15,7 +15,6 @@ from focuslib.model import Transformer
 from focuslib.testing import FAMILY_NAMES, tiny_config
 
 REF = Path(__file__).parent / "data" / "reference-checkpoints"  # published metadata of the real checkpoints
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="reference checkpoint metadata not available")
 
 WITH_WEIGHT_MAP = ["llada-8b-instruct", "dream-v0-instruct-7b", "sdar-8b-chat"]
 
@@ -33,14 +32,12 @@ def published_names(folder: str, n_layers: int = 2) -> set[str]:
     return {k for k in weight_map if not (m := layer.search(k)) or int(m.group(1)) < n_layers}
 
 
-@needs_ref
 @pytest.mark.parametrize("folder", WITH_WEIGHT_MAP)
 def test_key_map_consumes_exactly_the_published_weight_map(folder):
     cfg = read_config(REF / folder)
     assert expected_names(cfg) == published_names(folder)
 
 
-@needs_ref
 def test_llada2_key_map_matches_published_layout():
     # No weight map is published with the config; these names follow inclusionAI's
     # modeling_llada2_moe.py: layer 0 dense (first_k_dense_replace=1), later layers MoE.
@@ -58,7 +55,6 @@ def test_llada2_key_map_matches_published_layout():
     assert expected_names(cfg) == want
 
 
-@needs_ref
 def test_llada_config_parses_to_published_values():
     cfg = read_config(REF / "llada-8b-instruct")
     assert (cfg.family, cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads) == ("llada", 32, 4096, 32, 32)
@@ -69,7 +65,6 @@ def test_llada_config_parses_to_published_values():
     assert cfg.answer_offset_embeddings == 0
 
 
-@needs_ref
 def test_dream_config_parses_to_published_values():
     cfg = read_config(REF / "dream-v0-instruct-7b")
     assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == (28, 3584, 28, 4, 128)
@@ -78,7 +73,6 @@ def test_dream_config_parses_to_published_values():
     assert cfg.eos_ids[0] == 151643 and 151645 in cfg.eos_ids  # <|endoftext|>, <|im_end|>
 
 
-@needs_ref
 def test_sdar_config_parses_to_published_values():
     cfg = read_config(REF / "sdar-8b-chat")
     assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == (36, 4096, 32, 8, 128)
@@ -87,7 +81,6 @@ def test_sdar_config_parses_to_published_values():
     assert set(cfg.eos_ids) == {151643, 151645}  # config.json + generation_config.json
 
 
-@needs_ref
 @pytest.mark.parametrize("model_type", ["llada2_moe_veomni", "llada2_moe"])
 def test_llada2_config_parses_to_published_values(model_type):
     hf = {**json.loads((REF / "llada2-mini" / "config.json").read_text()), "model_type": model_type}
@@ -102,7 +95,6 @@ def test_llada2_config_parses_to_published_values(model_type):
     assert config_from_hf({**hf, "block_size": 8}).block_size == 8  # focuslib override key
 
 
-@needs_ref
 @pytest.mark.parametrize("folder", WITH_WEIGHT_MAP + ["llada2-mini"])
 def test_real_config_survives_our_writer(folder):
     """Writing a real config back in the family format and re-reading gives the same ModelConfig."""
@@ -132,7 +124,6 @@ def test_writer_refuses_what_the_format_cannot_express(family):
         get_family(family).config_to_hf(tiny_config(family, **odd))
 
 
-@needs_ref
 def test_real_sdar_tokenizer_gives_published_special_ids():
     tok = load_tokenizer(REF / "sdar-8b-chat")
     added = json.loads((REF / "sdar-8b-chat" / "added_tokens.json").read_text())
