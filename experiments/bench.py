@@ -7,10 +7,25 @@ mode; only eviction (and its budget) differs. For each batch size it reports tok
 speedup over dense, forward passes, row-layers computed (the FLOP proxy), the compute
 ratio dense/stack row-layers, the share of that ratio turned into speed
 (speedup / compute ratio), tokens committed per step and accuracy.
+
+With `regime=true` (default) one extra, untimed dense evaluation per batch size records a
+trace and adds the regime metrics of focuslib.regime to the dense rows
+(committed_fraction_first, committed_fraction_later, forced_share, oracle_saving; blank
+for eviction stacks, whose traces include eviction), and to every row
+row_layer_bound = (1 - row_layers / dense row_layers) / dense oracle_saving: the share of
+the oracle's row-layer saving the stack achieves (0 for dense, negative when it computes more).
+
+`scores=[imp1,leftmost,...]` adds one stack per ranking score (`focus:<score>`: FOCUS's keep
+rule and budget, only the score swapped). With `quality=true` (default) one extra, untimed run
+per eviction stack labels every step by the same step run without eviction
+(`generate(dense_labels=True)`) and reports miss_rate (rows dense decoding would commit that
+the stack evicted) and the mean within-step AUC of the stack's score with a bootstrap CI.
+The oracle score runs every step densely first: its tokens/s is not a speed.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +41,9 @@ from focuslib.tasks import load_task
 
 COLUMNS = ("stack", "batch_size", "tokens_per_s", "speedup", "row_layers", "compute_ratio", "speedup_share",
            "forward_passes", "tokens_per_step", "accuracy", "n_examples")
+QUALITY_COLUMNS = ("miss_rate", "auc", "auc_lo", "auc_hi")
+REGIME_COLUMNS = ("committed_fraction_first", "committed_fraction_later", "forced_share", "oracle_saving",
+                  "row_layer_bound")
 
 
 def build_stack(spec: DictConfig) -> tuple[Any, Any]:
@@ -33,6 +51,37 @@ def build_stack(spec: DictConfig) -> tuple[Any, Any]:
     eviction = instantiate(spec.eviction) if spec.get("eviction") else None
     budget = instantiate(spec.budget) if spec.get("budget") else None
     return eviction, budget
+
+
+def score_stacks(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Every stack of cfg.stacks, plus one `focus:<score>` stack per name in cfg.scores (FOCUS's keep rule and
+    budget from stacks.focus with only the ranking score swapped)."""
+    stacks = {name: cfg.stacks[name] for name in cfg.stacks}
+    for score in cfg.get("scores") or []:
+        spec = OmegaConf.merge(cfg.stacks.focus, {"eviction": {"score": score}})
+        stacks[f"focus:{score}"] = spec
+    return stacks
+
+
+def quality_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_size: int) -> dict[str, Any]:
+    """Miss rate and within-step AUC of the stack's score, from one untimed run labelled by the dense step.
+
+    miss_rate: share of the rows dense decoding would commit at a step that the stack evicted;
+    auc [auc_lo, auc_hi]: mean within-step AUC of the policy's score for those rows (NaN without a score).
+    """
+    import pandas as pd
+
+    from focuslib.stats import miss_rate, within_step_auc
+
+    frames = []
+    for start in range(0, len(task), batch_size):
+        out = decoder.generate(task.prompts[start:start + batch_size], gen_length=cfg.gen_length, steps=cfg.steps,
+                               trace=True, dense_labels=True)
+        frames.append(out.trace.assign(seq=out.trace["seq"] + start))
+    trace = pd.concat(frames, ignore_index=True)
+    quality = within_step_auc(trace, "score", "dense_commit", n_resamples=cfg.get("n_resamples", 500))
+    values = {"miss_rate": miss_rate(trace), **{k: quality[k] for k in ("auc", "auc_lo", "auc_hi")}}
+    return {k: None if math.isnan(v) else v for k, v in values.items()}
 
 
 def time_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_size: int) -> dict[str, Any]:
@@ -46,6 +95,31 @@ def time_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_size:
     return {"batch_size": batch_size, "tokens_per_s": best.tokens_per_s, "row_layers": best.row_layers,
             "forward_passes": best.forward_passes, "tokens_per_step": best.tokens_per_step,
             "accuracy": best.accuracy, "n_examples": best.n_examples}
+
+
+def regime_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_size: int) -> dict[str, Any]:
+    """Regime metrics of one untimed traced evaluation (meaningful for the dense stack only)."""
+    result = evaluate(decoder, task, gen_length=cfg.gen_length, steps=cfg.steps, batch_size=batch_size,
+                      progress=False, regime=True)
+    values = {k: getattr(result.regime, k) for k in REGIME_COLUMNS[:4]}
+    return {k: None if math.isnan(v) else v for k, v in values.items()}  # None: valid JSON (null), blank in bench.md
+
+
+def add_regime_bound(rows: list[dict[str, Any]]) -> None:
+    """row_layer_bound = achieved row-layer saving / the dense oracle saving of the same batch size.
+
+    Rows of stacks other than dense get None for the four regime metrics (their traces
+    include eviction, so the oracle replay does not apply); the bound is None where the
+    dense oracle saving is unknown or zero.
+    """
+    dense = {r["batch_size"]: r for r in rows if r["stack"] == "dense"}
+    for r in rows:
+        base = dense[r["batch_size"]]
+        if r["stack"] != "dense":
+            r.update({k: None for k in REGIME_COLUMNS[:4]})
+        oracle = base.get("oracle_saving")
+        ok = oracle is not None and not math.isnan(oracle) and oracle > 0
+        r["row_layer_bound"] = (1.0 - r["row_layers"] / base["row_layers"]) / oracle if ok else None
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -65,25 +139,50 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
     task = load_task(cfg.task.name, cfg.n_examples, seed=cfg.task.seed, **cfg.task.options)
     unmasking = instantiate(cfg.unmasking)
-    names = ["dense", *[n for n in cfg.stacks if n != "dense"]]
+    stacks = score_stacks(cfg)
+    names = ["dense", *[n for n in stacks if n != "dense"]]
     rows = []
+    quality: dict[str, dict[str, Any]] = {}
     cells = [(b, n) for b in cfg.batch_sizes for n in names]
     for batch_size, name in tqdm(cells, desc="bench", unit="cell"):
-        eviction, budget = build_stack(cfg.stacks[name])
+        eviction, budget = build_stack(stacks[name])
         decoder = DiffusionDecoder(model, unmasking, eviction, budget, block_size=cfg.block_size,
-                                   cache=cfg.cache.mode, tokenizer=tok)
+                                   cache=cfg.cache.mode,
+                                   cache_options=OmegaConf.to_container(cfg.cache.get("options", {})), tokenizer=tok)
         tqdm.write(f"batch {batch_size:>3}  {name}")
-        rows.append({"stack": name, **time_cell(decoder, task, cfg, batch_size)})
+        row = {"stack": name, **time_cell(decoder, task, cfg, batch_size)}
+        if cfg.get("regime", True) and name == "dense":
+            row.update(regime_cell(decoder, task, cfg, batch_size))
+        if cfg.get("quality", True) and name != "dense":  # greedy: the same at every batch size, measured once
+            quality.setdefault(name, quality_cell(decoder, task, cfg, batch_size))
+            row.update(quality[name])
+        rows.append(row)
     add_ratios(rows)
+    if cfg.get("regime", True):
+        add_regime_bound(rows)
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a GitHub markdown table with COLUMNS (bench.md)."""
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
+    """The rows as a GitHub markdown table with COLUMNS, plus REGIME_COLUMNS when the rows have them (bench.md).
+
+    Missing regime values (None or NaN) are left blank.
+    """
+    columns = COLUMNS + tuple(c for c in QUALITY_COLUMNS + REGIME_COLUMNS if any(c in r for r in rows))
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
     fmt = {"tokens_per_s": "{:.0f}", "speedup": "{:.2f}x", "compute_ratio": "{:.2f}x", "speedup_share": "{:.0%}",
-           "tokens_per_step": "{:.2f}", "accuracy": "{:.1%}"}
-    lines = ["| " + " | ".join(fmt.get(c, "{}").format(r[c]) for c in COLUMNS) + " |" for r in rows]
+           "tokens_per_step": "{:.2f}", "accuracy": "{:.1%}", "committed_fraction_first": "{:.2f}",
+           "committed_fraction_later": "{:.2f}", "forced_share": "{:.0%}", "oracle_saving": "{:.0%}",
+           "row_layer_bound": "{:.0%}", "miss_rate": "{:.1%}", "auc": "{:.3f}", "auc_lo": "{:.3f}",
+           "auc_hi": "{:.3f}"}
+
+    def cell(r: dict[str, Any], c: str) -> str:
+        v = r[c] if c in COLUMNS else r.get(c)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return fmt.get(c, "{}").format(v)
+
+    lines = ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join([head, *lines])
 
 

@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from focuslib.cache import CACHE_MODES
+from focuslib.cache import CACHE_MODES, CACHE_OPTIONS
 from focuslib.eviction import as_policy_list as _as_list  # the decoder's own normaliser: what validates, decodes
 from focuslib.loading import read_config, resolve_checkpoint
 from focuslib.model import ModelConfig
@@ -43,6 +43,7 @@ class ModelSpec:
 @dataclass
 class CacheSpec:
     mode: Optional[str] = None  # None = the family's exact default (none / block)
+    options: Dict[str, Any] = field(default_factory=dict)  # the mode's options (focuslib.cache.CACHE_OPTIONS)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Plan:
     model_path: Path
     model_cfg: ModelConfig
     cache: Optional[str]
+    cache_options: Dict[str, Any]
     block_size: Optional[int]
     steps: Optional[int]
     task: Task
@@ -125,7 +127,8 @@ def plan_run(cfg: DictConfig) -> Plan:
     if problems:
         raise ConfigError(problems)
     return Plan(unmasking=unmasking, eviction=eviction, budget=budget, logger=logger, model_path=model_path,
-                model_cfg=model_cfg, cache=cfg.cache.mode, block_size=cfg.block_size, steps=steps, task=task)
+                model_cfg=model_cfg, cache=cfg.cache.mode,
+                cache_options=OmegaConf.to_container(cfg.cache.options), block_size=cfg.block_size, steps=steps, task=task)
 
 
 def _check_scalars(cfg: DictConfig, problems: list[str]) -> None:
@@ -256,6 +259,10 @@ def _check_against_model(cfg: DictConfig, model_cfg: ModelConfig, eviction: Any,
     if cfg.cache.mode is not None and cfg.cache.mode not in modes:
         problems.append(f"cache.mode {cfg.cache.mode!r} does not apply to {model_cfg.attention}-attention models "
                         f"({cfg.model.path}); choose one of {', '.join(modes)} or cache=auto")
+    allowed = CACHE_OPTIONS.get(cfg.cache.mode, ())
+    for key in sorted(set(cfg.cache.options) - set(allowed)):
+        problems.append(f"cache.options.{key}: cache mode {cfg.cache.mode!r} has no such option; its options: "
+                        f"{list(allowed)}")
     if model_cfg.block_diffusion:
         if cfg.block_size not in (None, model_cfg.block_size):
             problems.append(f"block_size={cfg.block_size} differs from the model's block-causal block "
@@ -270,7 +277,7 @@ def _check_against_model(cfg: DictConfig, model_cfg: ModelConfig, eviction: Any,
                 check(model_cfg)
         except Exception as err:
             problems.append(keyed("eviction", _keys(cfg.eviction), str(err)))
-        if getattr(policy, "needs_budget", False) and _empty(cfg.get("budget")):  # (not: budget failed to build)
+        if getattr(policy, "uses_budget", False) and _empty(cfg.get("budget")):  # (not: budget failed to build)
             problems.append(f"budget: eviction policy {type(policy).__name__} ranks rows and needs a budget "
                             "(e.g. budget=focus)")
 

@@ -42,7 +42,8 @@ def run(cfg: DictConfig, plan: Plan, run_dir: Path, overrides: list[str]) -> dic
     model, tok = load_model(plan.model_path, dtype=cfg.model.dtype, device=cfg.model.device,
                             config_overrides=OmegaConf.to_container(cfg.model.config_overrides))
     decoder = DiffusionDecoder(model, plan.unmasking, plan.eviction, plan.budget,
-                               block_size=plan.block_size, cache=plan.cache, tokenizer=tok)
+                               block_size=plan.block_size, cache=plan.cache, cache_options=plan.cache_options,
+                               tokenizer=tok)
     result = evaluate(decoder, plan.task, gen_length=cfg.gen_length, steps=plan.steps, batch_size=cfg.batch_size,
                       progress=cfg.progress, on_batch=logger.log_step)
     record = {**result.metrics(), "overrides": overrides, "config": config}

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from focuslib.contract import KVSlot
+
 CACHE_MODES = {"full": ("none", "prefix", "dual"), "block_causal": ("none", "block", "delayed")}
 
 
@@ -35,11 +37,19 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.trash = positions
 
+    def layer(self, index: int) -> KVSlot:
+        """The K/V buffers of one layer, as the narrow handle layer runners write through."""
+        return KVSlot(self.k[index], self.v[index])
+
     def write(self, layer: int, pos: Tensor, valid: Tensor, k: Tensor, v: Tensor) -> None:
         """Store k, v [B, L, G, D] of rows at positions pos [B, L]; rows with valid False go to the trash column."""
-        idx = torch.where(valid, pos, self.trash)[:, :, None, None].expand_as(k)
-        self.k[layer].scatter_(1, idx, k.to(self.k.dtype))
-        self.v[layer].scatter_(1, idx, v.to(self.v.dtype))
+        self.layer(layer).write(pos, valid, k, v)
+
+    def clone(self) -> "KVCache":
+        """An independent copy (for a dense preview of a step that must not disturb the real cache)."""
+        copy = KVCache.__new__(KVCache)
+        copy.k, copy.v, copy.trash = self.k.clone(), self.v.clone(), self.trash
+        return copy
 
 
 @dataclass
@@ -57,9 +67,6 @@ class BlockView:
 
 class CacheMode:
     """Base: decides rows to compute and K/V that may be reused; `update` sees what was computed."""
-
-    name = "none"
-    exact = True
 
     def __init__(self, batch: int, positions: int, device: torch.device | str) -> None:
         self.final = torch.zeros(batch, positions, dtype=torch.bool, device=device)  # True = cached K/V is final
@@ -88,8 +95,6 @@ class BlockCausalNoCache(CacheMode):
 class PrefixCache(CacheMode):
     """Fast-dLLM prefix cache: K/V before the block is reused between block refreshes."""
 
-    name, exact = "prefix", False
-
     def rows(self, v: BlockView) -> Tensor:
         refresh = v.block_start_step[:, None]
         suffix = v.in_sequence & ~v.before_block_end
@@ -102,8 +107,6 @@ class PrefixCache(CacheMode):
 class DualCache(CacheMode):
     """Fast-dLLM dual cache: prefix and suffix K/V reused, only the block recomputed."""
 
-    name, exact = "dual", False
-
     def rows(self, v: BlockView) -> Tensor:
         return v.in_sequence & (v.block_start_step[:, None] | v.in_block)
 
@@ -113,8 +116,6 @@ class DualCache(CacheMode):
 
 class BlockCache(CacheMode):
     """Block diffusion: K/V of finished blocks, written once with their final tokens, is reused."""
-
-    name = "block"
 
     def rows(self, v: BlockView) -> Tensor:
         return v.in_sequence & v.before_block_end & ~self.final
@@ -130,9 +131,24 @@ class BlockCache(CacheMode):
 
 
 class DelayedCache(BlockCache):
-    """FOCUS's base: position p freezes once p and p+1 are decoded (or p ends its block and is decoded)."""
+    """FOCUS's base: position p freezes once p and p+1 are decoded (or p ends its block and is decoded).
 
-    name, exact = "delayed", False
+    attend_beyond_last_row: False (the FOCUS/LMDeploy engine) -- a step's attention ends at
+    its last computed row, so frozen positions right of it are not attended; True -- they are.
+    """
+
+    def __init__(self, batch: int, positions: int, device: torch.device | str,
+                 attend_beyond_last_row: bool = False) -> None:
+        super().__init__(batch, positions, device)
+        self.attend_beyond_last_row = attend_beyond_last_row
+
+    def reusable(self, v: BlockView) -> Tensor:
+        if self.attend_beyond_last_row:
+            return self.final
+        rows = self.rows(v)
+        pos = torch.arange(rows.shape[1], device=rows.device)
+        last = torch.where(rows, pos, -1).amax(1, keepdim=True)  # [B, 1]
+        return self.final & (pos <= last)
 
     def freezes(self, v: BlockView) -> Tensor:
         right_decoded = torch.nn.functional.pad(v.decoded[:, 1:], (0, 1), value=True)
@@ -147,6 +163,9 @@ _MODES = {
     ("block_causal", "block"): BlockCache,
     ("block_causal", "delayed"): DelayedCache,
 }
+
+
+CACHE_OPTIONS: dict[str, tuple[str, ...]] = {"delayed": ("attend_beyond_last_row",)}
 
 
 def cache_mode_class(attention: str, name: str) -> type[CacheMode]:

@@ -18,18 +18,20 @@ Shapes: B batch, T positions, L rows, S block positions, V vocab, C width.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from focuslib.cache import BlockView, CacheMode, KVCache, cache_mode_class
-from focuslib.eviction import EvictionStack, LayerInput, LayerRows
+from focuslib.cache import CACHE_OPTIONS, BlockView, CacheMode, KVCache, cache_mode_class
+from focuslib.contract import BudgetPolicy, CommitView, LayerCall, LayerView, Projection, StepView
+from focuslib.eviction import EvictionStack, StackState
+from focuslib.layer import DenseRunner
 from focuslib.model import Transformer
-from focuslib.rows import Rows, block_positions
+from focuslib.rows import Rows
 from focuslib.trace import TraceRecorder
-from policies.budget import BudgetPolicy
+from kernels import gather_rows
 from policies.unmasking import StepContext, UnmaskingPolicy
 
 NOT_COMMITTED = -1
@@ -75,6 +77,15 @@ class DecodeStats:
                 "row_layers_per_layer": list(self.row_layers_per_layer)}
 
 
+@dataclass(frozen=True)
+class _Keys:
+    """Which key positions [B, T] a step's rows may attend before and after rows are evicted."""
+
+    reusable: Tensor  # cached K/V the cache mode lets this step reuse
+    at_start: Tensor  # reusable plus every row computed at this step
+    stale: bool  # evicted rows stay visible as stale keys (FOCUS) instead of vanishing
+
+
 @dataclass
 class GenerationOutput:
     """Result of `generate`: ids after each prompt (cut at the first EOS), text, stats, trace."""
@@ -105,6 +116,21 @@ class DecodeState:
     span: int  # positions per block
 
 
+@dataclass
+class _Call:
+    """Everything one generate call carries from step to step besides the decoding state."""
+
+    mode: CacheMode
+    cache: KVCache
+    stats: DecodeStats
+    policies: StackState
+    recorder: TraceRecorder | None
+    steps_per_block: int | None
+    generator: torch.Generator | None
+    stop_at_eos: bool
+    dense_labels: bool = False
+
+
 class DiffusionDecoder:
     """Decode masked diffusion LMs with interchangeable unmasking, eviction and budget policies.
 
@@ -119,12 +145,17 @@ class DiffusionDecoder:
 
     def __init__(self, model: Transformer, unmasking: UnmaskingPolicy, eviction: Any = None,
                  budget: BudgetPolicy | None = None, *, block_size: int | None = None,
-                 cache: str | None = None, tokenizer: Any = None) -> None:
+                 cache: str | None = None, cache_options: dict[str, Any] | None = None, tokenizer: Any = None) -> None:
         cfg = model.cfg
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
         self.unmasking = unmasking
         self.cache_name = cache or ("block" if cfg.block_diffusion else "none")
         self.cache_class = cache_mode_class(cfg.attention, self.cache_name)
+        self.cache_options = dict(cache_options or {})
+        unknown = sorted(set(self.cache_options) - set(CACHE_OPTIONS.get(self.cache_name, ())))
+        if unknown:
+            raise ValueError(f"cache mode {self.cache_name!r} has no option(s) {unknown}; "
+                             f"its options: {list(CACHE_OPTIONS.get(self.cache_name, ()))}")
         if cfg.block_diffusion and block_size not in (None, cfg.block_size):
             raise ValueError(f"block_size={block_size} differs from the model's block-causal block {cfg.block_size}; "
                              "block-diffusion families decode on their own block grid")
@@ -137,7 +168,8 @@ class DiffusionDecoder:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int] | str], *, gen_length: int, steps: int | None = None,
-                 stop_at_eos: bool = True, trace: bool = False, seed: int | None = None) -> GenerationOutput:
+                 stop_at_eos: bool = True, trace: bool = False, seed: int | None = None,
+                 dense_labels: bool = False) -> GenerationOutput:
         """Decode `gen_length` tokens after each prompt.
 
         steps: total step budget for schedule policies (split evenly over the
@@ -147,46 +179,68 @@ class DiffusionDecoder:
         gets the same per-block budget. Every step commits at least one token, so
         `steps > gen_length` finishes in gen_length steps. With an eviction policy, rows
         evicted at a block's last budgeted step commit at the next one.
+        dense_labels (with trace=True): every step is first run without eviction (untimed
+        in the statistics, on a copy of the caches) and the trace gains `dense_commit`: the
+        row would have been committed at this step without eviction. Eviction's misses
+        are the evicted rows with dense_commit True. Doubles the work: analysis only.
         """
+        if dense_labels and not trace:
+            raise ValueError("dense_labels=True labels trace rows: pass trace=True as well")
         ids = self._encode(prompts)
         self._check_request(ids, gen_length, steps)
         start = time.perf_counter()
         state = self._init_state(ids, gen_length)
-        steps_per_block = self._steps_per_block(gen_length, steps)
-        cache = self._new_cache(state)
-        mode: CacheMode = self.cache_class(state.x.shape[0], state.x.shape[1], state.x.device)
-        stats = DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers)
-        recorder = TraceRecorder() if trace else None
-        generator = torch.Generator(device=state.x.device).manual_seed(seed) if seed is not None else None
-        self.eviction.reset(state.x.shape[0])
+        b, t = state.x.shape
+        dev = state.x.device
+        call = _Call(
+            mode=self.cache_class(b, t, dev, **self.cache_options), cache=self._new_cache(state),
+            stats=DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers),
+            policies=self.eviction.begin(b, t, dev), recorder=TraceRecorder(*self._trace_layers()) if trace else None,
+            steps_per_block=self._steps_per_block(gen_length, steps),
+            generator=torch.Generator(device=dev).manual_seed(seed) if seed is not None else None,
+            stop_at_eos=stop_at_eos, dense_labels=dense_labels)
         while not bool(state.done.all()):
-            self._step(state, mode, cache, stats, recorder, steps_per_block, generator, stop_at_eos)
-        stats.wall_time_s = time.perf_counter() - start
-        return self._output(state, ids, gen_length, stats, recorder)
+            self._step(state, call)
+        call.stats.wall_time_s = time.perf_counter() - start
+        return self._output(state, ids, gen_length, call.stats, call.recorder)
 
     # -- one step ----------------------------------------------------------------
 
-    def _step(self, state: DecodeState, mode: CacheMode, cache: KVCache, stats: DecodeStats,
-              recorder: TraceRecorder | None, steps_per_block: int | None, generator: torch.Generator | None,
-              stop_at_eos: bool) -> None:
+    def _step(self, state: DecodeState, call: _Call) -> None:
         view = self._view(state)
         active = ~state.done
         t = state.x.shape[1]
-        start = self._block_start(state)
-        need = mode.rows(view)
+        need = call.mode.rows(view)
         if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
             need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
         need = need & active[:, None]
         rows = Rows.from_mask(need)
-        reusable = mode.reusable(view) & ~need  # rows dropped later in this step leave no K/V to attend
+        reusable = call.mode.reusable(view) & ~need  # K/V of positions not computed at this step
         masked_block = view.in_block & ~view.decoded & active[:, None]  # [B, T] True = may be committed
-        h, rows, layer_rows = self._run_layers(state, rows, reusable, cache, stats, masked_block, start)
-        mode.update(view, rows.as_mask(t))
-        block_pos, in_range = block_positions(start, state.span, t)
+        step = self._step_view(state, masked_block, call.stats.steps)
+        block_pos, in_range = step.block_slots()
         masked = masked_block.gather(1, block_pos) & in_range  # [B, S]
+        ctx = StepContext(step=state.step_in_block, steps_per_block=call.steps_per_block,
+                          n_masked_at_block_start=state.masked_at_block_start, generator=call.generator)
+        dense = None
+        if self.eviction.needs_dense_commits or call.dense_labels:  # analysis only: the dense step first
+            dense = self._dense_commits(state, call, step, rows, reusable, masked_block, masked, ctx)
+            self.eviction.see_dense_commits(dense, call.policies)
+        h, rows, views = self._run_layers(state, call, step, rows, reusable, masked_block)
+        call.mode.update(view, rows.as_mask(t))
+        commit, candidates, chosen = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
+        self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
+                                            confidence=commit.confidence, committed=chosen), call.policies)
+        if call.recorder is not None:
+            call.recorder.record(call.stats.steps, state, block_pos, masked, candidates, commit.confidence, chosen,
+                                 views, {**self.eviction.trace_columns(call.policies),
+                                         **({"dense_commit": dense} if call.dense_labels else {})})
+        self._apply(state, block_pos, chosen, commit.tokens, call.stats, call.stop_at_eos)
+
+    def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
+                ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor]:
+        """The unmasking decision: (policy's Commit, candidates [B, S], chosen [B, S] = slots committed now)."""
         logits, candidates = self._block_logits(state, h, rows, block_pos, masked)
-        ctx = StepContext(step=state.step_in_block, steps_per_block=steps_per_block,
-                          n_masked_at_block_start=state.masked_at_block_start, generator=generator)
         stuck = masked.any(1) & ~candidates.any(1)
         if bool(stuck.any()):
             raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
@@ -195,9 +249,24 @@ class DiffusionDecoder:
         chosen = commit.commit & candidates
         if steps_per_block is not None:  # the block's last budgeted step commits what is left
             chosen |= candidates & (state.step_in_block >= steps_per_block - 1)[:, None]
-        if recorder is not None:
-            recorder.record(stats.steps, state, block_pos, masked, candidates, commit.confidence, chosen, layer_rows)
-        self._apply(state, block_pos, chosen, commit.tokens, stats, stop_at_eos)
+        return commit, candidates, chosen
+
+    def _dense_commits(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
+                       masked_block: Tensor, masked: Tensor, ctx: StepContext) -> Tensor:
+        """[B, T] bool: positions that dense decoding (no eviction) would commit at this step.
+
+        Runs on a copy of the K/V cache and of the sampling generator, so the real step is
+        unaffected; its forward pass and row-layers are not counted in the statistics.
+        """
+        preview = replace(call, cache=call.cache.clone(), recorder=None,
+                          stats=DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers))
+        h, rows, _ = self._run_layers(state, preview, step, rows, reusable, masked_block, evict=False)
+        if ctx.generator is not None:
+            ctx = replace(ctx, generator=torch.Generator(device=state.x.device).set_state(ctx.generator.get_state()))
+        block_pos, _ = step.block_slots()
+        _, _, chosen = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
+        out = torch.zeros(state.x.shape[0], state.x.shape[1] + 1, dtype=torch.bool, device=state.x.device)
+        return out.scatter_(1, torch.where(chosen, block_pos, state.x.shape[1]), chosen)[:, :-1]
 
     def _view(self, state: DecodeState) -> BlockView:
         decoded = state.x != self.cfg.mask_id
@@ -210,52 +279,93 @@ class DiffusionDecoder:
             in_finished_block=state.block_id < cur,
         )
 
-    def _run_layers(self, state: DecodeState, rows: Rows, reusable: Tensor, cache: KVCache, stats: DecodeStats,
-                    masked_block: Tensor, block_start: Tensor) -> tuple[Tensor, Rows, list[LayerRows]]:
-        """Run every layer over `rows`; eviction may shrink the rows between layers. Returns final hidden rows.
+    def _step_view(self, state: DecodeState, masked_block: Tensor, index: int) -> StepView:
+        """The frozen view of this step that policies receive."""
+        return StepView(step=index, tokens=state.x, mask_id=self.cfg.mask_id, prompt_len=state.prompt_len,
+                        block_start=self._block_start(state), span=state.span, step_in_block=state.step_in_block,
+                        masked_at_block_start=state.masked_at_block_start, n_masked=masked_block.sum(1),
+                        active=~state.done)
 
-        The eviction stack runs each layer (`dense_layer`, or a policy's own runner such
-        as DyLLM's) and may then drop rows (FOCUS). row_layers counts the rows whose
+    def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
+                    masked_block: Tensor, evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView]]:
+        """Run every layer over `rows`; eviction may shrink the rows at each layer's two eviction points.
+
+        Each layer runs in two halves (`LayerRunner.project`: Q/K/V, written to the cache;
+        `complete`: attention and FFN); the stack's policies may drop rows between them
+        (`at_qkv`) and after the layer (`after_layer`). row_layers counts the rows whose
         attention and FFN really ran (`LayerOutput.computed`); the counts stay on the
         device until the last layer, so the loop itself adds no host sync.
-        reusable [B, T]: cached positions that are not among `rows`.
+        Returns the final hidden rows, the rows that reached the end, and the LayerView
+        at the Q/K/V point of every layer a trace wants.
         """
         t = state.x.shape[1]
-        key_pos = torch.arange(t + 1, device=state.x.device).expand(state.x.shape[0], t + 1)  # [B, T+1]
         h = self.model.embed_rows(state.x.gather(1, rows.pos), rows.pos, state.prompt_len)  # [B, L, C]
-        stats.forward_passes += 1
-        layer_rows: list[LayerRows] = []
-        computed: list[Tensor] = []  # per layer, 0-dim count of rows that really ran
-        # rebuilt only when rows change: [B, L, T+1] attention mask and [B, L] masked-row flags
-        mask = self._attention_mask(rows, reusable, key_pos)
+        call.stats.forward_passes += 1
+        runner = call.policies.runner if evict else DenseRunner()
+        keys = _Keys(reusable=reusable, at_start=reusable | rows.as_mask(t), stale=self.eviction.evicted_keys == "stale")
+        mask = self._attention_mask(rows, keys.at_start)  # [B, L, T+1], rebuilt only when rows change
         masked_rows = masked_block.gather(1, rows.pos) & rows.valid
+        views: dict[int, LayerView] = {}
+        computed: list[Tensor] = []  # per layer, 0-dim count of rows that really ran
         for i, layer in enumerate(self.model.layers):
-            out = self.eviction.run_layer(LayerInput(index=i, layer=layer, h=h, rows=rows, mask=mask, cache=cache,
-                                                     state=state))
+            x = LayerCall(index=i, layer=layer, h=h, rows=rows, mask=mask, kv=call.cache.layer(i), step=step)
+            proj = runner.project(x)
+            lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step)
+            if call.recorder is not None and i in call.recorder.layers:
+                views[i] = lv
+            keep = self.eviction.at_qkv(lv, call.policies) if evict else None
+            if keep is not None:
+                rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
+                x = replace(x, h=h, rows=rows, mask=mask)
+            out = runner.complete(x, proj)
             h = out.h
             computed.append(out.computed.sum())
-            info = LayerRows(layer=i, rows=rows, q=out.q, k=out.k, masked=masked_rows, block_start=block_start,
-                             state=state)
-            if i < 2:  # layers 0 and 1 feed traces
-                layer_rows.append(info)
-            keep = self.eviction.after_layer(info)
+            keep = self.eviction.after_layer(replace(lv, rows=rows, q=proj.q, k=proj.k, masked=masked_rows),
+                                             call.policies) if evict else None
             if keep is not None:
-                rows, index = rows.select(keep)  # index [B, L'] into the old rows
-                h = h.gather(1, index[:, :, None].expand(-1, -1, h.shape[-1]))
-                mask = self._attention_mask(rows, reusable, key_pos)
-                masked_rows = masked_block.gather(1, rows.pos) & rows.valid
+                rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
         for i, n in enumerate(torch.stack(computed).tolist()):
-            stats.row_layers += n
-            stats.row_layers_per_layer[i] += n
-        return h, rows, layer_rows
+            call.stats.row_layers += n
+            call.stats.row_layers_per_layer[i] += n
+        return h, rows, views
 
-    def _attention_mask(self, rows: Rows, reusable: Tensor, key_pos: Tensor) -> Tensor:
-        """[B, L, T+1] bool, True = row may attend the key: the family's rule over computed or reusable positions."""
-        t = key_pos.shape[1] - 1
-        visible = torch.nn.functional.pad(reusable | rows.as_mask(t), (0, 1), value=False)  # [B, T+1]
-        mask = self.model.attention_rule(rows.pos, key_pos) & visible[:, None, :]
+    def _evict(self, keep: Tensor, rows: Rows, h: Tensor, proj: Projection, keys: "_Keys", masked_block: Tensor,
+               step: StepView) -> tuple[Rows, Tensor, Projection, Tensor, Tensor]:
+        """Compact rows (and their hidden states, queries, keys) to the kept ones; rebuild the attention mask.
+
+        Visible keys afterwards: "hidden" -- the cache mode's reusable positions and the kept
+        rows; "stale" (FOCUS) -- every position visible at the step's start, except the
+        current block's positions right of its right-most kept row.
+        """
+        t = masked_block.shape[1]
+        rows, index = rows.select(keep)  # index [B, L'] into the old rows
+        h = gather_rows(h, index)
+        proj = Projection(q=gather_rows(proj.q, index), k=gather_rows(proj.k, index), extra=proj.extra)
+        if keys.stale:
+            in_block = step.in_block(rows.pos) & rows.valid
+            rightmost = torch.where(in_block, rows.pos, -1).amax(1, keepdim=True)  # [B, 1]
+            pos = torch.arange(t, device=rows.pos.device)[None, :]
+            visible = keys.at_start & ~(step.in_block(pos.expand(rows.pos.shape[0], t)) & (pos > rightmost))
+        else:
+            visible = keys.reusable | rows.as_mask(t)
+        mask = self._attention_mask(rows, visible)
+        return rows, h, proj, mask, masked_block.gather(1, rows.pos) & rows.valid
+
+    def _attention_mask(self, rows: Rows, visible: Tensor) -> Tensor:
+        """[B, L, T+1] bool, True = row may attend the key: the family's rule over visible positions [B, T]."""
+        t = visible.shape[1]
+        key_pos = torch.arange(t + 1, device=visible.device).expand(visible.shape[0], t + 1)
+        mask = self.model.attention_rule(rows.pos, key_pos) & torch.nn.functional.pad(visible, (0, 1), value=False)[:, None, :]
         mask[:, :, 0] |= ~rows.valid  # padding rows attend position 0 so softmax stays finite
         return mask
+
+    def _trace_layers(self) -> tuple[tuple[int, int], int]:
+        """(reference layer, eviction layer) and window whose importance a trace records: the policy's, else (0, 1), 3."""
+        for p in self.eviction.policies:
+            spec = p.trace_importance()
+            if spec is not None:
+                return spec
+        return (0, 1), 3
 
     def _block_logits(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor,
                       masked: Tensor) -> tuple[Tensor, Tensor]:

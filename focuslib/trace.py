@@ -1,10 +1,13 @@
 """Per-step decode traces: one row per (step, sequence, masked position of the current block).
 
-Columns: step, seq, block, position, imp0, imp1, delta (FOCUS importance at layers
-0 and 1 among the block's masked rows, and their difference), kept (the row
-survived every layer), confidence (probability of the chosen token, NaN when the
-row produced no logits), committed (at this step), committed_step (final).
-Traces are recorded with any eviction policy, `none` included.
+Columns: step, seq, block, position, imp0, imp1, delta (attention importance among the
+block's masked rows at the reference layer and at the eviction layer -- layers 0 and 1,
+or those of the ranking eviction policy in use -- and their difference), score (the
+ranking policy's score of the row, NaN without one), kept (the row survived every
+layer), confidence (probability of the chosen token, NaN when the row produced no
+logits), committed (at this step), committed_step (final); with
+`generate(..., dense_labels=True)` also dense_commit (committed at this step by the same
+step run without eviction). Traces are recorded with any eviction policy, `none` included.
 """
 from __future__ import annotations
 
@@ -16,47 +19,61 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from focuslib.eviction import LayerRows, masked_importance
+from focuslib.contract import LayerView
+from kernels import masked_importance
 
 if TYPE_CHECKING:
     from focuslib.decoder import DecodeState
 
-COLUMNS = ("step", "seq", "block", "position", "imp0", "imp1", "delta", "kept", "confidence", "committed",
+COLUMNS = ("step", "seq", "block", "position", "imp0", "imp1", "delta", "score", "kept", "confidence", "committed",
            "committed_step")
 
 
-def _at_positions(values: Tensor, info: LayerRows, block_pos: Tensor) -> Tensor:
-    """Row values [B, L] of layer rows, read at block positions [B, S] (NaN where not a row)."""
-    row_of = info.rows.rows_at(block_pos, info.state.x.shape[1])
-    picked = values.gather(1, row_of.clamp(min=0))
-    return torch.where(row_of >= 0, picked, torch.nan)
+def _importance_at(view: LayerView, block_pos: Tensor, window: int) -> Tensor:
+    """Importance of the view's masked rows, read at block positions [B, S] (NaN where not a row)."""
+    imp = masked_importance(view.q, view.k, view.masked, window)  # [B, L]
+    row_of = view.rows.rows_at(block_pos, view.step.positions)
+    return torch.where(row_of >= 0, imp.gather(1, row_of.clamp(min=0)), torch.nan)
 
 
 class TraceRecorder:
-    """Collects trace rows on the host; only used when generate(trace=True)."""
+    """Collects trace rows on the host; only used when generate(trace=True).
 
-    def __init__(self, window: int = 3) -> None:
-        self.window = window
+    layers: (reference layer, eviction layer) whose importance is recorded as imp0 / imp1.
+    """
+
+    def __init__(self, layers: tuple[int, int] = (0, 1), window: int = 3) -> None:
+        self.layers, self.window = tuple(layers), window
         self.parts: list[dict[str, np.ndarray]] = []
 
     def record(self, step: int, state: "DecodeState", block_pos: Tensor, masked: Tensor, candidates: Tensor,
-               confidence: Tensor, chosen: Tensor, layer_rows: list[LayerRows]) -> None:
-        """masked [B, S]: block positions still masked (the rows traced); candidates: those with logits."""
-        imp = [_at_positions(masked_importance(info, self.window), info, block_pos) for info in layer_rows[:2]]
+               confidence: Tensor, chosen: Tensor, views: dict[int, LayerView], columns: dict[str, Tensor]) -> None:
+        """masked [B, S]: block positions still masked (the rows traced); candidates: those with logits.
+
+        views: LayerView at the Q/K/V point of the recorded layers (all masked rows present);
+        columns: per-position [B, T] values of this step from the eviction policies (e.g. score).
+        """
+        imp = [_importance_at(views[i], block_pos, self.window) if i in views else torch.full_like(confidence, torch.nan)
+               for i in self.layers]
         seq, slot = masked.nonzero(as_tuple=True)
         pos = block_pos[seq, slot]
 
         def col(x: Tensor) -> np.ndarray:
             return x[seq, slot].float().cpu().numpy()
 
+        score = columns.get("score")
         part = {
             "step": np.full(len(seq), step), "seq": seq.cpu().numpy(), "position": pos.cpu().numpy(),
             "block": state.block_id[seq, pos].cpu().numpy(),
-            "imp0": col(imp[0]), "imp1": col(imp[1]), "kept": candidates[seq, slot].cpu().numpy(),
+            "imp0": col(imp[0]), "imp1": col(imp[1]),
+            "score": score[seq, pos].float().cpu().numpy() if score is not None else np.full(len(seq), np.nan),
+            "kept": candidates[seq, slot].cpu().numpy(),
             "confidence": col(torch.where(candidates, confidence, torch.nan)),
             "committed": chosen[seq, slot].cpu().numpy(),
         }
         part["delta"] = part["imp1"] - part["imp0"]
+        if "dense_commit" in columns:
+            part["dense_commit"] = columns["dense_commit"][seq, pos].cpu().numpy()
         self.parts.append(part)
 
     def frame(self, committed_step: Tensor) -> pd.DataFrame:
@@ -65,7 +82,8 @@ class TraceRecorder:
         df = pd.DataFrame({k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]})
         final = committed_step.cpu().numpy()
         df["committed_step"] = final[df["seq"].to_numpy(), df["position"].to_numpy()]
-        return df[list(COLUMNS)].reset_index(drop=True)
+        extra = ["dense_commit"] if "dense_commit" in df else []
+        return df[list(COLUMNS) + extra].reset_index(drop=True)
 
 
 def save_trace(trace: pd.DataFrame, path: str | Path) -> Path:

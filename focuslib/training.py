@@ -27,6 +27,7 @@ Shapes: B batch, T positions, L query rows, K key rows, V vocab.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -330,6 +331,7 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     task: str = "mix"
     task_options: dict[str, Any] = field(default_factory=dict)  # load_task kwargs, e.g. {weights: {...}}
+    val_task_options: dict[str, Any] | None = None  # validation problems' kwargs (None: task_options)
     n_train: int = 50000  # problems drawn once from the train split (seed="train")
     n_val: int = 200  # validation-split problems for periodic accuracy
     gen_length: int = 16  # answer region per row (answer + <eos> filler); decode with the same
@@ -356,6 +358,14 @@ class TrainConfig:
     snapshot_every_min: float = 5.0  # loadable checkpoint run_dir/snapshots/<minutes>min (0: off)
     val_every_min: float = 5.0
     log_every: int = 20  # steps between metric lines in run_dir/metrics.jsonl
+    # Curriculum over answer length: batches draw only problems whose answer has at most
+    # L tokens, L growing linearly from curriculum_start_len to the longest answer over
+    # the first curriculum_frac of the run (0 = off: every problem from the start).
+    curriculum_start_len: int = 0
+    curriculum_frac: float = 0.3
+    # Validation with the real decoder (Threshold 0.9, exact block cache) on this many
+    # validation problems: exact match and correct-prefix rate per task (0 = off).
+    val_decode: int = 0
     export_dir: str | None = None  # save_checkpoint of the final model here (e.g. focuslib/checkpoints/tiny-sdar)
     progress: bool = True  # tqdm bar
 
@@ -386,21 +396,25 @@ class Trainer:
         self.optimizer = _adamw(self.model, cfg)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.state = RunState()
-        self.train_pairs, self.val_pairs, self.val_tasks = self._data()
+        self.train_pairs, self.val_pairs, self.val_task = self._data()
+        self.val_tasks = list(self.val_task.dataset["task"])
+        self.by_length = sorted(range(len(self.train_pairs)), key=lambda i: len(self.train_pairs[i][1]))
+        self.sorted_lengths = [len(self.train_pairs[i][1]) for i in self.by_length]
         self.seq_len = max(len(p) for p, _ in self.train_pairs + self.val_pairs) + cfg.gen_length
         self.loss_fn = torch.compile(batch_loss) if cfg.compile else batch_loss
         if cfg.resume:
             self._load(self.run_dir / "last.pt")
 
-    def _data(self) -> tuple[list, list, list[str]]:
+    def _data(self) -> tuple[list, list, Any]:
         from focuslib.tasks import load_task
 
         opts = dict(self.cfg.task_options)
         train = load_task(self.cfg.task, self.cfg.n_train, seed="train", **opts)
-        val = load_task(self.cfg.task, self.cfg.n_val, seed="validation", **opts)
+        val_opts = opts if self.cfg.val_task_options is None else dict(self.cfg.val_task_options)
+        val = load_task(self.cfg.task, self.cfg.n_val, seed="validation", **val_opts)
         tr = encode_pairs(self.tokenizer, train.dataset["prompt"], train.dataset["answer"])
         va = encode_pairs(self.tokenizer, val.dataset["prompt"], val.dataset["answer"])
-        return tr, va, list(val.dataset["task"])
+        return tr, va, val
 
     # -- loop --------------------------------------------------------------------
 
@@ -440,8 +454,9 @@ class Trainer:
         lr = self._lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(self.train_pairs), (cfg.batch_size,), generator=self.generator).tolist()
-        batch = make_batch([self.train_pairs[i] for i in idx], cfg.gen_length, self.seq_len)
+        eligible = bisect.bisect_right(self.sorted_lengths, self.curriculum_length())
+        idx = torch.randint(max(eligible, 1), (cfg.batch_size,), generator=self.generator).tolist()
+        batch = make_batch([self.train_pairs[self.by_length[i]] for i in idx], cfg.gen_length, self.seq_len)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = self.loss_fn(self.model, batch, cfg.eps, cfg.stratified_t, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
@@ -450,13 +465,25 @@ class Trainer:
         self.optimizer.step()
         return float(loss.detach()), lr
 
+    def progress(self) -> float:
+        """Fraction of the run done: elapsed time over the budget (or steps over max_steps, if larger)."""
+        cfg, st = self.cfg, self.state
+        frac = st.elapsed_s / max(cfg.time_budget_min * 60, 1e-9)
+        return max(frac, st.step / cfg.max_steps) if cfg.max_steps > 0 else frac
+
+    def curriculum_length(self) -> int:
+        """Longest answer (tokens) a batch may draw now; the longest in the data when the curriculum is off."""
+        cfg, longest = self.cfg, self.sorted_lengths[-1]
+        if cfg.curriculum_start_len <= 0 or cfg.curriculum_frac <= 0:
+            return longest
+        grow = min(1.0, self.progress() / cfg.curriculum_frac)
+        return int(cfg.curriculum_start_len + grow * max(longest - cfg.curriculum_start_len, 0))
+
     def _lr(self) -> float:
         """Linear warmup over warmup_steps, then cosine from lr to min_lr_ratio*lr over the time budget."""
         cfg, st = self.cfg, self.state
         warm = min(1.0, (st.step + 1) / max(cfg.warmup_steps, 1))
-        frac = min(1.0, st.elapsed_s / max(cfg.time_budget_min * 60, 1e-9))
-        if cfg.max_steps > 0:
-            frac = max(frac, st.step / cfg.max_steps)
+        frac = min(1.0, self.progress())
         cosine = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
         return cfg.lr * warm * cosine
 
@@ -485,8 +512,32 @@ class Trainer:
         for task, pairs in sorted(by_task.items()):
             out[f"one_shot_accuracy/{task}"] = one_shot_accuracy(self.model, pairs, self.cfg.gen_length)
         out["one_shot_accuracy"] = sum(out.values()) / max(len(out), 1)
+        if self.cfg.val_decode > 0:
+            out.update(self._validate_decoding())
+        out["curriculum_length"] = float(self.curriculum_length())
         self.model.train()
         self._log({"event": "val", "step": self.state.step, "elapsed_min": self.state.elapsed_s / 60, **out})
+        return out
+
+    def _validate_decoding(self) -> dict[str, float]:
+        """Exact match and correct-prefix rate per task of real Threshold(0.9) decoding (exact cache)."""
+        from focuslib.decoder import DiffusionDecoder
+        from focuslib.evaluate import evaluate
+        from focuslib.tasks import Task, prefix_match
+        from policies.unmasking import Threshold
+
+        n = min(self.cfg.val_decode, len(self.val_task))
+        task = Task(self.val_task.name, self.val_task.dataset.select(range(n)), self.val_task.scorer)
+        cache = "block" if self.model.cfg.block_diffusion else "none"
+        decoder = DiffusionDecoder(self.model, Threshold(0.9), cache=cache, tokenizer=self.tokenizer)
+        with torch.autocast("cpu", enabled=False):
+            result = evaluate(decoder, task, gen_length=self.cfg.gen_length, batch_size=64, progress=False)
+        out = {"decode_accuracy": result.accuracy, "decode_tokens_per_step": result.tokens_per_step}
+        out.update({f"decode_accuracy/{k}": v for k, v in result.per_task.items()})
+        prefixes: dict[str, list[float]] = {}
+        for rec in result.records:
+            prefixes.setdefault(rec["task"], []).append(prefix_match(rec["prediction"], rec["answer"]))
+        out.update({f"decode_prefix/{k}": sum(v) / len(v) for k, v in prefixes.items()})
         return out
 
     def export(self, path: str | os.PathLike[str]) -> Path:

@@ -113,7 +113,7 @@ from .dyllm import (  # noqa: E402
     dyllm_update_and_cosine,
     dyllm_update_and_cosine_reference,
 )
-from .importance import focus_importance, focus_importance_reference  # noqa: E402
+from .importance import focus_importance, focus_importance_reference, masked_importance  # noqa: E402
 from .selection import focus_select, focus_select_reference  # noqa: E402
 
 __all__ = [
@@ -128,6 +128,7 @@ __all__ = [
     "dyllm_update_and_cosine_reference",
     "focus_importance",
     "focus_importance_reference",
+    "masked_importance",
     "focus_select",
     "focus_select_reference",
     "gather_rows",

@@ -147,3 +147,25 @@ def focus_importance(
     if use_triton(q, k, valid):
         return focus_importance_triton(q, k, valid, window)
     return focus_importance_reference(q, k, valid, window)
+
+
+def masked_importance(
+    q: torch.Tensor,  # [B, L, H, D] post-RoPE queries of the rows
+    k: torch.Tensor,  # [B, L, G, D] keys of the rows
+    masked: torch.Tensor,  # [B, L] bool, True = row is in the set (the block's still-masked rows)
+    window: int = 3,
+    round_to: torch.dtype | None = None,
+) -> torch.Tensor:  # [B, L] float32, 0 on rows outside the set
+    """FOCUS importance of every row of the set among the set (queries and keys restricted to it, position order).
+
+    round_to: round the importance to this dtype before returning it (the FOCUS authors'
+    code stores it in the model dtype, so deltas are taken between rounded values).
+    """
+    from .compaction import compact_rows, gather_rows
+
+    index, valid = compact_rows(masked)  # [B, M]
+    imp = focus_importance(gather_rows(q, index), gather_rows(k, index), valid, window)  # [B, M]
+    if round_to is not None:
+        imp = imp.to(round_to).float()
+    out = torch.zeros(masked.shape, dtype=torch.float32, device=imp.device)
+    return out.scatter_add_(1, index, torch.where(valid, imp, 0.0))

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from focuslib.decoder import DiffusionDecoder
-from focuslib.eviction import LayerRows
+from focuslib.contract import EvictionPolicy, LayerView, StepView
 from focuslib.rows import Rows
 from focuslib.testing import TINY_MASK, tiny_model
 from policies.budget import FixedBudget, FocusBudget
-from policies.eviction import DyLLM, Focus, Stack
+from policies.eviction import DyLLM, Focus, RankingEviction, RowScore, Stack
 from policies.unmasking import LowConfidence, Threshold
 
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16, 17]]
@@ -56,11 +56,11 @@ def test_dyllm_saves_row_layers_and_decodes_everything():
 
 
 @pytest.mark.parametrize("family,cache,block", [("sdar", "block", None), ("llada", "dual", 8)])
-def test_focus_small_budget_drops_rows_after_eviction_layer(family, cache, block):
+def test_focus_evicts_inside_layer_1_by_default(family, cache, block):
+    """The published eviction point: after layer 1's Q/K/V, so evicted rows skip layer 1's attention and FFN too."""
     out = _generate(family, cache, block, Focus(layer=1), FixedBudget(count=1), trace=True)
     per_layer = out.stats.row_layers_per_layer
-    assert per_layer[0] == per_layer[1]  # layers 0..layer run on every row
-    assert per_layer[2] == per_layer[3] < per_layer[1]  # later layers really run fewer rows
+    assert per_layer[1] == per_layer[2] == per_layer[3] < per_layer[0]
     assert sum(per_layer) == out.stats.row_layers
     trace = out.trace
     assert (~trace["kept"]).any()
@@ -68,10 +68,16 @@ def test_focus_small_budget_drops_rows_after_eviction_layer(family, cache, block
     assert not (out.tokens == TINY_MASK).any()
 
 
+def test_focus_eviction_point_output_runs_layer_1_on_every_row():
+    out = _generate("sdar", "block", None, Focus(layer=1, eviction_point="output"), FixedBudget(count=1))
+    per_layer = out.stats.row_layers_per_layer
+    assert per_layer[0] == per_layer[1] > per_layer[2] == per_layer[3]
+
+
 def test_focus_eviction_layer_is_a_parameter():
     out = _generate("sdar", "block", None, Focus(layer=2), FixedBudget(count=1))
     per_layer = out.stats.row_layers_per_layer
-    assert per_layer[0] == per_layer[1] == per_layer[2] > per_layer[3]
+    assert per_layer[0] == per_layer[1] > per_layer[2] == per_layer[3]
 
 
 def test_focus_never_stalls_with_schedule_and_tiny_budget():
@@ -89,25 +95,59 @@ def test_focus_and_dyllm_stack():
     assert torch.equal(exact.tokens, dense.tokens)
 
 
-def test_focus_keep_maps_block_slots_to_rows():
+class _GivenScore(RowScore):
+    """A score handed in by the test: value per absolute position."""
+
+    def __init__(self, by_position: torch.Tensor) -> None:
+        self.by_position = by_position
+
+    def score(self, view, state):
+        return self.by_position.gather(1, view.rows.pos)
+
+
+def _block_view(score_by_position: torch.Tensor) -> tuple[RankingEviction, LayerView]:
+    """One sequence, block 1 = positions 4..7 with position 5 decoded, every position 0..11 a row."""
+    tokens = torch.full((1, 12), TINY_MASK)
+    tokens[0, :4] = torch.tensor([3, 4, 5, 6])
+    tokens[0, 5] = 7
+    pos = torch.arange(12)
+    masked = (tokens == TINY_MASK) & (pos >= 4) & (pos < 8)
+    step = StepView(step=0, tokens=tokens, mask_id=TINY_MASK, prompt_len=torch.tensor([4]),
+                    block_start=torch.tensor([4]), span=4, step_in_block=torch.tensor([0]),
+                    masked_at_block_start=torch.tensor([3]), n_masked=torch.tensor([3]), active=torch.tensor([True]))
+    rows = Rows.from_mask(torch.ones(1, 12, dtype=torch.bool))
+    view = LayerView(layer=1, rows=rows, q=None, k=None, masked=masked, step=step)
+    return RankingEviction(_GivenScore(score_by_position)), view
+
+
+def test_ranking_keep_maps_block_slots_to_rows():
     """Rows outside the block and unmasked rows are kept; the rule runs in block-position order."""
-    model = tiny_model("sdar")
-    decoder = DiffusionDecoder(model, Threshold(0.9))
-    state = decoder._init_state([[3, 4, 5, 6]], gen_length=8)  # block 1 = positions 4..7, block 2 = 8..11
-    state.current_block[:] = 1
-    state.x[0, 5] = 7  # position 5 already decoded
-    rows = Rows.from_mask(torch.tensor([[True] * 12]))  # every position is a row
-    masked = (state.x == TINY_MASK) & (state.block_id == 1)
-    info = LayerRows(layer=1, rows=rows, q=None, k=None, masked=masked, block_start=torch.tensor([4]), state=state)
-    delta = torch.zeros(1, 12)
-    delta[0, 7] = 1.0  # masked block rows 4, 6, 7: only 7 stands out
-    keep = Focus._keep_rows(info, delta, torch.tensor([1]))
-    # keep 7 (top), 6 (left neighbour), 4..7 (progress fill from 4), 5 (unmasked); rows outside the block kept
+    score = torch.zeros(1, 12)
+    score[0, 7] = 1.0  # masked block rows 4, 6, 7: only 7 stands out
+    policy, view = _block_view(score)
+    keep = policy._select(view, policy.begin(1, 12, torch.device("cpu")), FixedBudget(count=1))
+    # keep 7 (top), 6 (left neighbour), 4 (progress: never computed in this block), 5 (unmasked)
     assert keep.tolist() == [[True] * 12]
-    delta = torch.zeros(1, 12)
-    delta[0, 4] = 1.0  # top row is the first masked one: 6 and 7 are evicted
-    keep = Focus._keep_rows(info, delta, torch.tensor([1]))
+    score = torch.zeros(1, 12)
+    score[0, 4] = 1.0  # top row is the first masked one: 6 and 7 are evicted
+    policy, view = _block_view(score)
+    keep = policy._select(view, policy.begin(1, 12, torch.device("cpu")), FixedBudget(count=1))
     assert keep[0].tolist() == [True] * 6 + [False, False] + [True] * 4
+
+
+def test_progress_mark_carries_over_steps_of_a_block():
+    """Under the mark rule a row computed at an earlier step of the block is not forced back in; under fill it is."""
+    score = torch.zeros(1, 12)
+    score[0, 7] = 1.0
+    for rule, kept_4 in (("mark", False), ("fill", True)):
+        policy, view = _block_view(score)
+        policy.progress_rule = rule
+        state = policy.begin(1, 12, torch.device("cpu"))
+        state.mark[:] = 3  # slots 0..3 (positions 4..7) were computed at an earlier step
+        view = LayerView(layer=1, rows=view.rows, q=None, k=None, masked=view.masked,
+                         step=StepView(**{**view.step.__dict__, "step_in_block": torch.tensor([1])}))
+        keep = policy._select(view, state, FixedBudget(count=1))
+        assert keep[0, 4].item() is kept_4 and keep[0, 6].item() and keep[0, 7].item()
 
 
 def test_focus_rejects_bad_arguments():
@@ -155,6 +195,6 @@ def test_eviction_configs_instantiate_to_policies():
     assert isinstance(built["focus"], Focus) and built["focus"].layer == 1
     assert isinstance(built["dyllm"], DyLLM) and built["dyllm"].tau == 0.99
     stack = built["focus_dyllm"]
-    assert [type(p) for p in stack] == [Focus, DyLLM] and stack.needs_budget
+    assert [type(p) for p in stack] == [Focus, DyLLM] and stack.uses_budget
     assert not OmegaConf.load("conf/eviction/none.yaml")  # empty: no eviction
     DiffusionDecoder(tiny_model("sdar", n_layers=3), Threshold(0.9), stack, FocusBudget())

@@ -53,6 +53,8 @@ def naive_importance(q, k, valid, window):
 
 
 def naive_select_row(delta, masked, k, progress):
+    """The older rule set (OLD_RULES: sample std, progress fill); tests/test_focus_reference.py
+    has the port of the authors' rule set (the defaults)."""
     S = len(delta)
     M = [j for j in range(S) if masked[j]]
     if len(M) <= k:  # a
@@ -140,8 +142,12 @@ def random_select_inputs(B, S, seed, ties=False):
     return delta, masked, budget, progress
 
 
-# hand-built cases, S = 8; every expected mask is derived in the comment.
+# hand-built cases, S = 8; every expected mask is derived in the comment. They were
+# worked out for the older rule set (sample std, progress fill), so they run with OLD_RULES;
+# tests/test_focus_reference.py has hand cases for the default (authors') options.
 T, F = True, False
+OLD_RULES = dict(gate_std="sample", progress_rule="fill")
+ALL_RULES = [dict(gate_std=g, progress_rule=p) for g in ("population", "sample") for p in ("mark", "fill")]
 HAND_CASES = {
     # a. |M| = 3 <= K = 3: everything kept, although the gate alone would keep only row 3.
     "shortcut": ([0, 0, 0, 10, 0, 0, 0, 0], [F, F, T, T, F, T, F, F], 3, 2, [T] * 8),
@@ -224,13 +230,13 @@ def test_importance_rejects_even_window():
 def test_select_reference_vs_naive(ties):
     for seed in range(4):
         args = random_select_inputs(64, 13, seed, ties)
-        torch.testing.assert_close(selection.focus_select_reference(*args), naive_select(*args))
+        torch.testing.assert_close(selection.focus_select_reference(*args, **OLD_RULES), naive_select(*args))
 
 
 @pytest.mark.parametrize("name", sorted(HAND_CASES))
 def test_select_hand_case(name):
     delta, masked, budget, progress, expected = hand_batch([name])
-    got = selection.focus_select_reference(delta, masked, budget, progress)
+    got = selection.focus_select_reference(delta, masked, budget, progress, **OLD_RULES)
     assert got.tolist() == expected.tolist()
     if int(budget[0]) >= 1:  # the naive oracle agrees on every in-contract case
         assert naive_select(delta, masked, budget, progress).tolist() == expected.tolist()
@@ -238,7 +244,8 @@ def test_select_hand_case(name):
 
 def test_select_hand_cases_batched():
     delta, masked, budget, progress, expected = hand_batch(sorted(HAND_CASES))
-    assert selection.focus_select_reference(delta, masked, budget, progress).tolist() == expected.tolist()
+    got = selection.focus_select_reference(delta, masked, budget, progress, **OLD_RULES)
+    assert got.tolist() == expected.tolist()
 
 
 def test_select_nothing_kept_rule_directly():
@@ -252,8 +259,30 @@ def test_select_nothing_kept_rule_directly():
 
 def test_select_progress_rule_directly():
     sel = torch.tensor([[F, F, F, T, F, F], [F, F, F, F, F, F]])
-    got = selection._apply_progress(sel, torch.tensor([1, 2]))
+    got = selection._apply_progress_fill(sel, torch.tensor([1, 2]))
     assert got.tolist() == [[F, T, T, T, F, F], [F] * 6]  # nothing kept -> nothing filled
+
+
+def test_select_progress_mark_rule_directly():
+    # row 0: rightmost kept masked row 4, mark 1 -> evicted masked rows 2, 3 (> mark) come
+    #        back, rows 0, 1 (processed earlier) stay out; row 5 is right of 4; the
+    #        unmasked row 3 is left alone (rule f keeps it later).
+    # row 1: the kept row 5 is unmasked, so the rightmost kept *masked* row is 1: only
+    #        row 0 comes back (rows 2-4 are right of it).
+    # row 2: mark -1 (block start): every evicted masked row left of 4 comes back.
+    sel = torch.tensor([[F, F, F, F, T, F], [F, T, F, F, F, T], [F, F, F, F, T, F]])
+    masked = torch.tensor([[T, T, T, F, T, T], [T, T, T, T, T, F], [T] * 6])
+    got = selection._apply_progress_mark(sel, masked, torch.tensor([1, -1, -1]))
+    assert got.tolist() == [[F, F, T, F, T, F], [T, T, F, F, F, T], [T, T, T, T, T, F]]
+
+
+def test_select_rejects_unknown_options():
+    args = hand_batch(["gate"])[:4]
+    for fn in (selection.focus_select_reference, kernels.focus_select):
+        with pytest.raises(ValueError, match="population"):
+            fn(*args, gate_std="unbiased")
+        with pytest.raises(ValueError, match="fill"):
+            fn(*args, progress_rule="rightmost")
 
 
 def test_compact_reference_vs_naive():
@@ -371,9 +400,30 @@ def case_importance():
 def case_select():
     for S, ties in [(13, False), (13, True), (32, False), (5, True)]:
         args = random_select_inputs(12, S, seed=S, ties=ties)
-        assert torch.equal(kernels.focus_select(*args), selection.focus_select_reference(*args))
+        for opts in ALL_RULES:
+            assert torch.equal(kernels.focus_select(*args, **opts),
+                               selection.focus_select_reference(*args, **opts)), opts
     delta, masked, budget, progress, expected = hand_batch(sorted(HAND_CASES))
-    assert kernels.focus_select(delta, masked, budget, progress).tolist() == expected.tolist()
+    assert kernels.focus_select(delta, masked, budget, progress, **OLD_RULES).tolist() == expected.tolist()
+
+
+def case_select_options():
+    """Both values of both options on random grids with arbitrary masked sets, marks in
+    [-1, S), bf16-rounded or tied deltas; the default call must equal the reference."""
+    g = torch.Generator().manual_seed(7)
+    for S in (1, 3, 8, 17):
+        B = 10
+        masked = torch.rand(B, S, generator=g) < 0.75
+        delta = torch.randn(B, S, generator=g).bfloat16().float()
+        delta[: B // 2] = torch.randint(-1, 2, (B // 2, S), generator=g).float()  # ties
+        delta = torch.where(masked, delta, torch.full_like(delta, float("nan")))
+        budget = torch.randint(1, S + 2, (B,), generator=g)
+        mark = torch.randint(-1, S, (B,), generator=g)
+        for opts in ALL_RULES:
+            got = kernels.focus_select(delta, masked, budget, mark, **opts)
+            assert torch.equal(got, selection.focus_select_reference(delta, masked, budget, mark, **opts)), opts
+        assert torch.equal(kernels.focus_select(delta, masked, budget, mark),
+                           selection.focus_select_reference(delta, masked, budget, mark))
 
 
 def case_compact():
@@ -422,6 +472,7 @@ def case_dyllm():
 TRITON_CASES = {
     "importance": case_importance,
     "select": case_select,
+    "select_options": case_select_options,
     "compact": case_compact,
     "gather": case_gather,
     "dyllm": case_dyllm,

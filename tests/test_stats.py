@@ -50,6 +50,25 @@ def synthetic_dense(n_steps: int, m_rows: int, n_dec: int, snr: float, seed: int
                          "committed_step": np.where(dec.ravel(), 0, 1)})
 
 
+def synthetic_blocks(n_seq: int, block: int, n_dec: int, snr: float, seed: int) -> pd.DataFrame:
+    """Multi-step blocks where the noise model holds at every step: each step draws a location c
+    and scale s, noise rows N(c, s^2), n_dec random decodable rows at c + snr * s + N(0, s^2), and
+    commits exactly the decodable rows, until the block is decoded."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for seq in range(n_seq):
+        masked, step = list(range(block)), 0
+        while masked:
+            c, s = rng.normal(), rng.uniform(0.5, 2.0)
+            dec = set(rng.choice(masked, size=min(n_dec, len(masked)), replace=False).tolist())
+            rows += [(seq, step, p, c + s * (rng.standard_normal() + snr * (p in dec)), p in dec) for p in masked]
+            masked, step = [p for p in masked if p not in dec], step + 1
+    t = pd.DataFrame(rows, columns=["seq", "step", "position", "delta", "dec"])
+    t["block"] = 0
+    t["committed_step"] = t["step"].where(t["dec"]).groupby([t["seq"], t["position"]]).transform("max").astype(int)
+    return t.drop(columns="dec")
+
+
 # ---------------------------------------------------------------- labels
 
 
@@ -79,9 +98,13 @@ def test_step_table_rebuilds_tokens_per_step_and_budget():
 
 def test_standardize_within_steps():
     t = pd.DataFrame({"seq": [0, 0, 0, 1, 1], "step": 0, "delta": [1.0, 2.0, 3.0, 5.0, 5.0]})
-    z = fs.standardize_within_steps(t)
-    assert z.tolist()[:3] == [-1.0, 0.0, 1.0]  # mean 2, unbiased std 1
+    z = fs.standardize_within_steps(t)  # default: the FOCUS gate's population std
+    np.testing.assert_allclose(z[:3], [-math.sqrt(1.5), 0.0, math.sqrt(1.5)])  # mean 2, std sqrt(2/3)
     assert z[3:].isna().all()  # zero spread
+    assert fs.standardize_within_steps(t, ddof=1).tolist()[:3] == [-1.0, 0.0, 1.0]  # sample std 1
+    # the gate (population std, as the decoder) sits at z = 1: in a 2-row step the larger row is on it
+    two = pd.DataFrame({"seq": 0, "step": 0, "delta": [3.0, 1.0]})
+    assert fs.standardize_within_steps(two).tolist() == [1.0, -1.0]
 
 
 # ---------------------------------------------------------------- association
@@ -212,9 +235,12 @@ def test_fit_noise_model_by_groups_hand():
     np.testing.assert_allclose(by_block[["mu", "sigma"]].to_numpy(), [[3.2, math.sqrt(3.7)], [1.0, math.sqrt(2)]])
     pooled = fs.fit_noise_model_by(t, by="pooled")  # sum 18, sum sq 70 over 7 rows
     np.testing.assert_allclose(pooled[["mu", "sigma"]].to_numpy()[0], [18 / 7, math.sqrt((70 - 324 / 7) / 6)])
-    # standardised: step (0, 0) has mean 4 and std sqrt(50/3) over all 4 rows
+    # standardised: step (0, 0) has mean 4 and population std sqrt(50/4) over all 4 rows (the
+    # gate's units); the noise rows' z = (-3, -2, -1) / sqrt(12.5) then get mean -2 and sample std 1
     std = fs.fit_noise_model_by(t, by="step", standardize=True)
-    np.testing.assert_allclose(std[["mu", "sigma"]].to_numpy()[0], np.array([-2.0, 1.0]) / math.sqrt(50 / 3))
+    np.testing.assert_allclose(std[["mu", "sigma"]].to_numpy()[0], np.array([-2.0, 1.0]) / math.sqrt(50 / 4))
+    # ddof of the noise estimator: population sigma of noise rows 1, 2, 3 is sqrt(2/3)
+    assert fs.fit_noise_model_by(t, by="step", ddof=0)["sigma"].iloc[0] == pytest.approx(math.sqrt(2 / 3))
 
 
 def test_goodness_of_fit_gaussian_vs_exponential():
@@ -258,12 +284,13 @@ def test_qq_data_and_snr_hand():
 # ---------------------------------------------------------------- miss probabilities vs Monte Carlo
 
 
-def mc_gate(snr: float, n: int, trials: int, rng) -> float:
-    """Simulate n noise + 1 decodable row, apply x >= mean + std (unbiased) over all rows."""
+def mc_gate(snr: float, n: int, trials: int, rng, ddof: int = 0) -> float:
+    """Simulate n noise + 1 decodable row, apply x >= mean + std over all rows (the decoder's
+    population std for ddof=0, the older sample std for ddof=1)."""
     z = rng.standard_normal((trials, n))
     x = snr + rng.standard_normal(trials)
     rows = np.concatenate([z, x[:, None]], axis=1)
-    return float(np.mean(x < rows.mean(1) + rows.std(1, ddof=1)))
+    return float(np.mean(x < rows.mean(1) + rows.std(1, ddof=ddof)))
 
 
 def mc_ranked(snr: float, n: int, k: int, trials: int, rng, fixed: bool = False, gate: bool = False) -> float:
@@ -274,7 +301,7 @@ def mc_ranked(snr: float, n: int, k: int, trials: int, rng, fixed: bool = False,
     if not gate:
         return float(np.mean(above >= k))
     rows = np.concatenate([z, np.broadcast_to(np.reshape(x, (-1, 1)), (trials, 1))], axis=1)
-    thr = rows.mean(1) + rows.std(1, ddof=1)
+    thr = rows.mean(1) + rows.std(1)  # population std, as the decoder
     in_gate = (rows >= thr[:, None]).sum(1)
     kept = np.where(in_gate >= k, x >= thr, above < k)
     return float(np.mean(~kept))
@@ -291,11 +318,16 @@ def test_gate_miss_matches_monte_carlo_large_n(snr):
     assert_binomial_close(mc_gate(snr, 200, trials, rng), fs.miss_probability(snr), trials)
 
 
+@pytest.mark.parametrize("ddof", [0, 1])
 @pytest.mark.parametrize("n", [5, 30])
-def test_gate_miss_exact_finite_n(n):
-    rng, trials = np.random.default_rng(n), 20000
+def test_gate_miss_exact_finite_n(n, ddof):
+    rng, trials = np.random.default_rng(n + 100 * ddof), 20000
     for snr in (0.5, 2.0, 3.0):
-        assert_binomial_close(mc_gate(snr, n, trials, rng), fs.miss_probability(snr, "gate", n_noise=n), trials)
+        kw = {} if ddof == 0 else {"ddof": 1}  # ddof=0 (population std, as the decoder) is the default
+        assert_binomial_close(mc_gate(snr, n, trials, rng, ddof), fs.miss_probability(snr, "gate", n_noise=n, **kw),
+                              trials)
+    # the population std is smaller, so the gate is lower and misses fewer rows
+    assert fs.miss_probability(2.0, "gate", n_noise=n) < fs.miss_probability(2.0, "gate", n_noise=n, ddof=1)
 
 
 def test_topk_miss_matches_monte_carlo_and_bounds():
@@ -336,17 +368,111 @@ def test_focus_keep_mask_rules_by_hand():
     pos = np.arange(6)
     # |M| <= K keeps all
     assert fs.focus_keep_mask(pos[:2], [5.0, -5.0], 2).all()
-    d = np.array([0.0, -1.0, 3.0, -1.0, -0.4, -0.6])  # gate = 0 + 1.518: only row 2
+    d = np.array([0.0, -1.0, 3.0, -1.0, -0.4, -0.6])  # gate = 0 + sqrt(11.52 / 6) = 1.386: only row 2
     # K=2 > |G|: top-2 = {2, 0}; adjacency adds 1
-    assert fs.focus_keep_mask(pos, d, 2, progress=False).tolist() == [True, True, True, False, False, False]
-    assert fs.focus_keep_mask(pos, d, 2, adjacency=False, progress=False).tolist() == [1, 0, 1, 0, 0, 0]
-    # K=1 <= |G|: keep the gate {2}; progress fills from the first masked row to 2
+    assert fs.focus_keep_mask(pos, d, 2, progress=None).tolist() == [True, True, True, False, False, False]
+    assert fs.focus_keep_mask(pos, d, 2, adjacency=False, progress=None).tolist() == [1, 0, 1, 0, 0, 0]
+    # K=1 <= |G|: keep the gate {2}; at a block's first step (mark -1) progress brings back 0 and 1
     assert fs.focus_keep_mask(pos, d, 1, adjacency=False).tolist() == [True, True, True, False, False, False]
     # ties for the last top-K slot go to the lower position
     assert fs.focus_keep_mask(pos[:4], [1.0, 0.0, 0.0, 0.0], 2, adjacency=False,
-                              progress=False).tolist() == [True, True, False, False]
+                              progress=None).tolist() == [True, True, False, False]
     # adjacency only pulls a masked neighbour at position - 1
-    assert fs.focus_keep_mask([0, 2, 3, 5], [-1.0, 0.5, -0.5, 1.0], 1, progress=False).tolist() == [0, 0, 0, 1]
+    assert fs.focus_keep_mask([0, 2, 3, 5], [-1.0, 0.5, -0.5, 1.0], 1, progress=None).tolist() == [0, 0, 0, 1]
+
+
+def test_focus_keep_mask_gate_std():
+    d = [1.0, 1.0, 3.0, 3.0]  # mean 2; population std 1, sample std sqrt(4/3) = 1.155
+    rule = {"adjacency": False, "progress": None}
+    # population (default): the two 3s sit exactly on the gate and are kept (|G| = 2 >= K = 1)
+    assert fs.focus_keep_mask(range(4), d, 1, **rule).astype(int).tolist() == [0, 0, 1, 1]
+    # sample: the gate is empty -> top-1, the tie between the 3s goes to the lower position
+    assert fs.focus_keep_mask(range(4), d, 1, gate_std="sample", **rule).astype(int).tolist() == [0, 0, 1, 0]
+    assert fs.focus_keep_mask(range(4), d, 1, ddof=1, **rule).astype(int).tolist() == [0, 0, 1, 0]  # old keyword
+    # two rows: with the population std the larger row is exactly mean + std, so in the gate
+    assert fs.focus_keep_mask([0, 1], [0.2, -0.2], 1, **rule).tolist() == [True, False]
+    with pytest.raises(ValueError):
+        fs.focus_keep_mask(range(4), d, 1, gate_std="unbiased")
+
+
+def test_progress_mark_vs_fill():
+    pos, d = np.arange(6), [0.0, 0.0, 0.0, 0.0, 5.0, 0.0]  # gate {4}, adjacency adds 3: right-most kept is 4
+    for mark, want in [(-1, [1, 1, 1, 1, 1, 0]), (1, [0, 0, 1, 1, 1, 0]), (3, [0, 0, 0, 1, 1, 0]),
+                       (5, [0, 0, 0, 1, 1, 0])]:
+        # mark: rows left of 4 come back only if no earlier step of the block reached them
+        assert fs.focus_keep_mask(pos, d, 1, mark=mark).astype(int).tolist() == want, mark
+        assert fs.focus_keep_mask(pos, d, 1, mark=mark, progress=True).astype(int).tolist() == want  # True = "mark"
+        # fill: every row from the first masked one to 4, whatever the mark
+        assert fs.focus_keep_mask(pos, d, 1, mark=mark, progress="fill").astype(int).tolist() == [1, 1, 1, 1, 1, 0]
+    for off in (None, "none", False):
+        assert fs.focus_keep_mask(pos, d, 1, progress=off).astype(int).tolist() == [0, 0, 0, 1, 1, 0]
+    with pytest.raises(ValueError):
+        fs.focus_keep_mask(pos, d, 1, progress="prefix")
+
+    # replayed over the steps of hand_trace at alpha 1 (a rebuilt: K = 1, 2, 2):
+    # step 0: gate {2} + neighbour 1 + progress (mark -1) 0 -> {0, 1, 2}; mark becomes 2
+    # step 1: M = {0, 1, 3, 5}, gate {0} < 2 -> top-2 {0, 3}, no masked neighbour; right-most 3.
+    #   mark: row 1 <= mark 2 stays evicted (it was computed at step 0); fill: 1 comes back
+    # step 2: |M| = 2 <= K keeps all; mark 3 before it
+    t = hand_trace()
+    mark = fs.simulate_keep(t, alpha=1.0)
+    fill = fs.simulate_keep(t, alpha=1.0, progress="fill")
+    assert mark.loc[mark.step == 1, "kept_sim"].tolist() == [True, False, True, False]
+    assert fill.loc[fill.step == 1, "kept_sim"].tolist() == [True, True, True, False]
+    assert mark.groupby("step")["mark_sim"].first().tolist() == [-1, 2, 3]
+    assert mark.loc[mark.step != 1, "kept_sim"].tolist() == fill.loc[fill.step != 1, "kept_sim"].tolist()
+    # decodable {2, 4}, {1, 5}, {0, 3}: mark misses 4, 1, 5; fill misses 4, 5
+    assert fs.simulated_miss_rate(t, alpha=1.0) == pytest.approx(3 / 6)
+    assert fs.simulated_miss_rate(t, alpha=1.0, progress="fill") == pytest.approx(2 / 6)
+
+    # the mark restarts per (seq, block): the same block again as a second block (same positions,
+    # later steps) and as a second sequence is replayed exactly like the first
+    again = pd.concat([t, t.assign(block=1, step=t.step + 3), t.assign(seq=1)], ignore_index=True)
+    sim = fs.simulate_keep(again, alpha=1.0)
+    for part in (sim.iloc[len(t):2 * len(t)], sim.iloc[2 * len(t):]):
+        assert part["kept_sim"].tolist() == mark["kept_sim"].tolist()
+        assert part["mark_sim"].tolist() == mark["mark_sim"].tolist()
+    assert fs.simulated_miss_rate(again, alpha=1.0) == pytest.approx(3 / 6)
+
+
+def _kernel_decode(seed: int, k: int, gate_std: str, progress_rule: str, n_seq: int = 24, n_blocks: int = 2,
+                   block: int = 8) -> pd.DataFrame:
+    """A decode-like loop around focus_select_reference with the decoder's progress state.
+
+    Per sequence and block: mark = -1 at the block's first step, then max(mark, right-most kept
+    slot of ANY kind) after each step ("fill" gets the first masked slot instead); each step
+    commits a random non-empty subset of the kept masked rows (only rows with logits can be
+    committed). The first block starts with a few prompt slots (unmasked). Returns a trace
+    (absolute positions, one row per masked slot and step) whose `kept` is the kernel's keep.
+    """
+    import torch
+    from kernels.selection import focus_select_reference
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for seq in range(n_seq):
+        step = 0
+        for b in range(n_blocks):
+            masked = np.ones(block, dtype=bool)
+            if b == 0:
+                masked[:rng.integers(0, 3)] = False  # prompt tail inside the first block
+            mark = -1
+            while masked.any():
+                # integer-valued deltas half of the time: ties, and deltas exactly on the gate
+                delta = (rng.integers(-3, 4, size=block) if rng.random() < 0.5
+                         else rng.normal(size=block)).astype(np.float32)
+                progress = mark if progress_rule == "mark" else int(np.flatnonzero(masked)[0])
+                keep = focus_select_reference(torch.from_numpy(delta)[None], torch.from_numpy(masked)[None],
+                                              torch.tensor([k]), torch.tensor([progress]), gate_std=gate_std,
+                                              progress_rule=progress_rule)[0].numpy()
+                slots = np.flatnonzero(masked)
+                rows += [(seq, b, step, b * block + j, float(delta[j]), bool(keep[j])) for j in slots]
+                mark = max(mark, int(np.flatnonzero(keep).max()))  # any kind: unmasked rows count
+                cand = slots[keep[slots]]
+                commit = cand[rng.random(len(cand)) < 0.5]
+                masked[commit if len(commit) else cand[:1]] = False
+                step += 1
+    return pd.DataFrame(rows, columns=["seq", "block", "step", "position", "delta", "kept"])
 
 
 def test_focus_keep_mask_matches_kernel_reference():
@@ -356,32 +482,75 @@ def test_focus_keep_mask_matches_kernel_reference():
     except ImportError as err:  # pragma: no cover - kernels are another module's job
         pytest.skip(f"kernels.selection unavailable: {err}")
     rng = np.random.default_rng(12)
-    b, s = 64, 16
+    b, s = 256, 16
     delta = rng.normal(size=(b, s)).astype(np.float32)
+    delta[::2] = rng.integers(-2, 3, size=(b // 2, s))  # ties, incl. deltas exactly on the gate
     masked = rng.random((b, s)) < 0.7
     masked[:, 5] = True
     budget = rng.integers(1, 7, size=b)
-    progress = masked.argmax(1)
-    ref = focus_select_reference(torch.from_numpy(delta), torch.from_numpy(masked), torch.from_numpy(budget),
-                                 torch.from_numpy(progress)).numpy()
+    mark = rng.integers(-1, s, size=b)  # how far earlier steps of the block got
+    first = masked.argmax(1)
+    args = (torch.from_numpy(delta), torch.from_numpy(masked), torch.from_numpy(budget))
+    # defaults on both sides: population std, progress mark
+    ref_mark = focus_select_reference(*args, torch.from_numpy(mark)).numpy()
+    # the older rules: sample std, fill from the first masked slot
+    ref_fill = focus_select_reference(*args, torch.from_numpy(first), gate_std="sample",
+                                      progress_rule="fill").numpy()
+    differ = 0
     for i in range(b):
         p = np.flatnonzero(masked[i])
-        ours = fs.focus_keep_mask(p, delta[i, p].astype(float), int(budget[i]))
-        assert ours.tolist() == ref[i, p].tolist(), i
+        d = delta[i, p].astype(float)
+        ours = fs.focus_keep_mask(p, d, int(budget[i]), mark=int(mark[i]))
+        assert ours.tolist() == ref_mark[i, p].tolist(), ("mark", i)
+        old = fs.focus_keep_mask(p, d, int(budget[i]), progress="fill", gate_std="sample")
+        assert old.tolist() == ref_fill[i, p].tolist(), ("fill", i)
+        differ += old.tolist() != ours.tolist()
+    assert differ > 10  # the two rule sets really differ on this batch
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_simulate_keep_carries_mark_like_the_kernel(k):
+    pytest.importorskip("torch")
+    pytest.importorskip("kernels.selection")
+    for gate_std, rule in (("population", "mark"), ("sample", "fill")):
+        trace = _kernel_decode(seed=20 + k, k=k, gate_std=gate_std, progress_rule=rule)
+        assert trace.groupby(["seq", "block"])["step"].nunique().max() >= 3  # several steps per block
+        kw = {} if rule == "mark" else {"progress": "fill", "gate_std": "sample"}
+        sim = fs.simulate_keep(trace, alpha=float(k), avg_decoded=1.0, **kw)  # K = ceil(alpha * 1) = k
+        assert (sim["budget"] == k).all()
+        wrong = sim.loc[sim["kept_sim"] != sim["kept"], ["seq", "block", "step", "position"]]
+        assert wrong.empty, (gate_std, rule, wrong.head())
+        if rule == "mark":  # the mark matters on these traces: fill keeps strictly more
+            fill = fs.simulate_keep(trace, alpha=float(k), avg_decoded=1.0, progress="fill")
+            assert (fill["kept_sim"] >= sim["kept_sim"]).all() and fill["kept_sim"].sum() > sim["kept_sim"].sum()
+
+
+def test_simulated_miss_curve_matches_simulate_keep_per_alpha():
+    # a random label instead of the commits (which are kept by construction), so misses happen;
+    # the curve must carry one mark per alpha, as separate simulate_keep runs do
+    trace = _kernel_decode(seed=5, k=2, gate_std="population", progress_rule="mark", n_seq=40)
+    trace["lab"] = np.random.default_rng(6).random(len(trace)) < 0.3
+    alphas = [1.0, 1.5, 2.0, 3.0]
+    for kw in ({}, {"progress": "fill"}, {"progress": None, "gate_std": "sample"}):
+        curve = fs.simulated_miss_curve(trace, alphas, label="lab", **kw)
+        one = [fs.keep_rule_precision_recall(fs.simulate_keep(trace, a, **kw), "lab", "kept_sim")["miss_rate"]
+               for a in alphas]
+        np.testing.assert_allclose(curve, one, err_msg=str(kw))
+        assert curve[-1] < curve[0]
 
 
 def test_simulated_miss_rate_hand_trace():
     t = hand_trace()
     # alpha 1.5, a rebuilt: K = 2, 3, 3
-    # step 0: top-2 {2, 0} + neighbour 1 + progress -> keep {0, 1, 2}; decodable {2, 4}: 4 missed
+    # step 0: top-2 {2, 0} + neighbour 1 -> keep {0, 1, 2} (mark becomes 2); decodable {2, 4}: 4 missed
     # step 1: gate {0} < 3 -> top-3 {0, 3, 1}; evict 5; decodable {1, 5}: 5 missed
     # step 2: |M| = 2 <= 3, keep all.  2 of 6 decodable rows missed
     assert fs.simulated_miss_rate(t, alpha=1.5) == pytest.approx(2 / 6)
     sim = fs.simulate_keep(t, alpha=1.5)
     assert sim.loc[sim.step == 1, "kept_sim"].tolist() == [True, True, True, False]
     # alpha 1, a fixed at 1: K = 1 everywhere
-    # step 0: gate {2} -> {1, 2} -> {0, 1, 2}: 4 missed; step 1: gate {0} -> {0}: 1 and 5 missed
-    # step 2: gate 0 + 0.283 empty -> top-1 {0}: 3 missed.  4 of 6
+    # step 0: gate {2} -> {1, 2} -> progress (mark -1) {0, 1, 2}: 4 missed; step 1: gate {0} -> {0}: 1 and 5
+    # missed; step 2: the larger of two rows is exactly on the population-std gate -> {0}: 3 missed.  4 of 6
     assert fs.simulated_miss_rate(t, alpha=1.0, avg_decoded=1.0) == pytest.approx(4 / 6)
 
 
@@ -413,15 +582,37 @@ def test_predicted_miss_rate_agrees_with_replay_when_model_holds():
             assert abs(pred - sim) < 3.5 * math.sqrt(sim * (1 - sim) / n_dec) + 0.005, (alpha, kw, pred, sim)
 
 
+def test_predicted_miss_curve_carries_mark_over_steps():
+    # several steps per block: the model's draws carry their own mark, like the replay
+    t = synthetic_blocks(n_seq=200, block=16, n_dec=2, snr=2.0, seed=15)
+    n_dec, alphas = int((t["committed_step"] == t["step"]).sum()), [1.0, 2.0]
+    rates = {}
+    for progress in ("mark", "fill"):
+        sim = fs.simulated_miss_curve(t, alphas, progress=progress)
+        pred = fs.predicted_miss_curve(t, alphas, n_draws=100, progress=progress)
+        for p, q in zip(pred, sim):
+            assert abs(p - q) < 3.5 * math.sqrt(q * (1 - q) / n_dec) + 0.005, (progress, pred, sim)
+        rates[progress] = pred
+    # the mark stops rows computed at earlier steps from coming back, so it misses more than fill
+    # (a mark that never advanced would give fill's rates)
+    assert rates["mark"][0] > 1.5 * rates["fill"][0]
+
+
 def test_calibrate_alpha_hand_trace():
     t = hand_trace()
-    # simulated rates at alpha 1, 1.5, 2, 3 (a = 1, 2, 2): 2/6, 2/6, 1/6, 0
-    # (alpha 2: step 1 has K = 4 = |M|; alpha 3: step 0 keeps top-3 {2, 0, 4} -> {0..4})
-    res = fs.calibrate_alpha(t, 0.0, alphas=[1.0, 1.5, 2.0, 3.0], method="simulated")
-    np.testing.assert_allclose(res["table"]["simulated"], [2 / 6, 2 / 6, 1 / 6, 0.0])
+    alphas = [1.0, 1.5, 2.0, 3.0]
+    # simulated rates at alpha 1, 1.5, 2, 3 (a = 1, 2, 2): 3/6, 2/6, 1/6, 0
+    # (alpha 1: K = 1, 2, 2, misses 4, 1, 5 as in test_progress_mark_vs_fill; alpha 2: step 1 has
+    # K = 4 = |M|; alpha 3: step 0 keeps top-3 {2, 0, 4} -> {0..4})
+    res = fs.calibrate_alpha(t, 0.0, alphas=alphas, method="simulated")
+    np.testing.assert_allclose(res["table"]["simulated"], [3 / 6, 2 / 6, 1 / 6, 0.0])
     assert res["alpha"] == 3.0
-    assert fs.calibrate_alpha(t, 0.2, alphas=[1.0, 1.5, 2.0, 3.0], method="simulated")["alpha"] == 2.0
-    assert fs.calibrate_alpha(t, 0.4, alphas=[1.0, 1.5, 2.0, 3.0], method="simulated")["alpha"] == 1.0
+    assert fs.calibrate_alpha(t, 0.2, alphas=alphas, method="simulated")["alpha"] == 2.0
+    assert fs.calibrate_alpha(t, 0.4, alphas=alphas, method="simulated")["alpha"] == 1.5
+    # the older rules: fill brings row 1 back at alpha 1 -> 2/6
+    fill = fs.calibrate_alpha(t, 0.4, alphas=alphas, method="simulated", progress="fill", gate_std="sample")
+    np.testing.assert_allclose(fill["table"]["simulated"], [2 / 6, 2 / 6, 1 / 6, 0.0])
+    assert fill["alpha"] == 1.0
 
 
 def test_calibrate_alpha_monotone_in_target():

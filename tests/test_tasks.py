@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from focuslib.tasks import CHARSET, DEFAULT_MIX_WEIGHTS, PROCEDURAL_TASKS, SPLITS, TASK_NAMES, load_task, prompt_split
+from itertools import cycle, islice
 
-SINGLE_TASKS = [t for t in PROCEDURAL_TASKS if t != "mix"]
+from focuslib.tasks import (
+    CHARSET, DEFAULT_MIX_WEIGHTS, MIXES, PROCEDURAL_TASKS, SPLITS, TASK_NAMES, load_task, prefix_match, prompt_split,
+)
+
+SINGLE_TASKS = [t for t in PROCEDURAL_TASKS if t not in MIXES]
 
 
 # ------------------------------------------------------------------ oracles
@@ -34,10 +38,30 @@ def eval_plus_minus(expr: str) -> int:
     return total
 
 
+def long_oracle(body: str) -> str | None:
+    """Answers of the long-answer tasks (tribonacci, count_by, repeat) re-derived from the prompt text."""
+    if m := re.fullmatch(r"trib (\d)(\d)(\d) (\d\d)", body):
+        a, b, c, n = (int(g) for g in m.groups())
+        out = []
+        for _ in range(n):
+            a, b, c = b, c, (a + b + c) % 10
+            out.append(str(c))
+        return "".join(out)
+    if m := re.fullmatch(r"cnt (\d\d)\+(\d) (\d\d)", body):
+        start, step, n = (int(g) for g in m.groups())
+        return "".join(str((start + k * step) % 100).zfill(2) for k in range(n))
+    if m := re.fullmatch(r"rep ([a-z0-9]+) (\d\d)", body):
+        return "".join(islice(cycle(m.group(1)), int(m.group(2))))
+    return None
+
+
 def oracle(prompt: str) -> str:
     """The correct answer for any procedural prompt, from its text alone."""
     assert prompt.endswith("=")
     body = prompt[:-1]
+    long = long_oracle(body)
+    if long is not None:
+        return long
     if body.startswith("sort "):
         return ",".join(str(v) for v in sorted(int(x) for x in body[5:].split(",")))
     if body.startswith("rev "):
@@ -91,6 +115,29 @@ def test_answers_correct_and_scored(name: str) -> None:
         assert task.score(" " + ex["answer"] + " ", ex) == 1.0
         assert task.score(ex["answer"] + "1", ex) == 0.0
         assert task.score("", ex) == 0.0
+
+
+@pytest.mark.parametrize("name", ["tribonacci", "count_by", "repeat"])
+def test_long_tasks_fill_most_of_a_64_token_window(name: str) -> None:
+    task = load_task(name, 200, seed="test")
+    lengths = [len(a) for a in task.answers]
+    assert 40 <= min(lengths) and max(lengths) <= 60
+    assert len({len(p) for p in task.prompts}) == 1  # fixed-width prompts: position says where inputs are
+    short = load_task(name, 50, seed="test", **({"min_fields": 2, "max_fields": 4} if name == "count_by"
+                                                 else {"min_len": 4, "max_len": 8}))
+    assert max(len(a) for a in short.answers) <= 8  # the difficulty knob used by the curriculum
+
+
+def test_long_mix_mixes_the_three_long_tasks() -> None:
+    task = load_task("long_mix", 300, seed="test")
+    assert Counter(task.dataset["task"]).keys() == {"tribonacci", "count_by", "repeat"}
+    assert task.evaluate(task.answers)["score"] == 1.0
+
+
+def test_prefix_match() -> None:
+    assert prefix_match("12345", "12345") == 1.0
+    assert prefix_match(" 12x45", "12345") == pytest.approx(0.4)
+    assert prefix_match("", "12") == 0.0 and prefix_match("1234567", "12345") == 1.0
 
 
 def test_partial_credit_is_not_given() -> None:

@@ -12,7 +12,7 @@ from policies.budget import FixedBudget
 from policies.eviction import Focus
 from policies.unmasking import Threshold
 
-COLUMNS = ["step", "seq", "block", "position", "imp0", "imp1", "delta", "kept", "confidence", "committed",
+COLUMNS = ["step", "seq", "block", "position", "imp0", "imp1", "delta", "score", "kept", "confidence", "committed",
            "committed_step"]
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16]]
 
@@ -66,6 +66,20 @@ def test_trace_with_focus_marks_evicted_rows():
     done = df[df["committed"]]
     assert (done["step"] == done["committed_step"]).all()
     assert not (out.tokens == TINY_MASK).any()
+
+
+@pytest.mark.parametrize("layer,window", [(1, 3), (2, 5)])
+def test_trace_records_the_policys_layers_window_and_score(layer, window):
+    """imp0/imp1 come from the policy's reference and eviction layers with its window; score is what it ranked by."""
+    decoder = DiffusionDecoder(tiny_model("sdar", n_layers=4), Threshold(0.9), Focus(layer=layer, window=window),
+                               FixedBudget(count=1), cache="block")
+    df = decoder.generate(PROMPTS, gen_length=8, stop_at_eos=False, trace=True).trace
+    assert np.isfinite(df["score"]).all()  # every masked row was scored at every step
+    np.testing.assert_allclose(df["score"], df["delta"], atol=1e-5)  # fp32 model: rounding is a no-op
+
+
+def test_trace_without_ranking_policy_has_no_score():
+    assert _run("sdar", cache="block").trace["score"].isna().all()
 
 
 def test_trace_with_dyllm_stack():

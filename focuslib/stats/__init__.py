@@ -21,9 +21,11 @@ from focuslib.stats.association import (
     binary_association,
     bootstrap_ci,
     keep_rule_precision_recall,
+    miss_rate,
     point_biserial,
     roc_curve,
     spearman,
+    within_step_auc,
 )
 from focuslib.stats.calibrate import calibrate_alpha, predicted_miss_curve, predicted_miss_rate, step_noise_snr
 from focuslib.stats.keep_rule import (
@@ -51,8 +53,8 @@ __all__ = [
     "NoiseModel", "SIGNALS", "agreeing_rows", "agreeing_steps", "anderson_critical_values", "association_table",
     "auc", "binary_association", "bootstrap_ci", "budget", "calibrate_alpha", "decodability_labels",
     "fit_noise_model", "fit_noise_model_by", "focus_keep_mask", "goodness_of_fit", "group_keys",
-    "keep_rule_precision_recall", "miss_probability", "normal_expectation", "observed_miss_rate",
+    "keep_rule_precision_recall", "miss_probability", "miss_rate", "normal_expectation", "observed_miss_rate",
     "point_biserial", "predicted_miss_curve", "predicted_miss_rate", "qq_data", "roc_curve", "simulate_keep",
     "simulated_miss_curve", "simulated_miss_rate", "snr", "spearman", "standardize_within_steps",
-    "step_noise_snr", "step_table", "topk_miss_bound",
+    "step_noise_snr", "step_table", "topk_miss_bound", "within_step_auc",
 ]

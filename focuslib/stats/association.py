@@ -194,6 +194,43 @@ def association_table(trace: pd.DataFrame, signals: Sequence[str] = SIGNALS, lab
     return pd.DataFrame(out).set_index("signal")
 
 
+def within_step_auc(trace: pd.DataFrame, score: str = "score", label: str = "dense_commit",
+                    steps: Sequence[str] = ("seq", "step"), n_resamples: int = 1000, confidence: float = 0.95,
+                    seed: int = 0) -> dict[str, float]:
+    """Mean over steps of the AUC of `score` for `label` among one step's rows, with a step-bootstrap CI.
+
+    What a ranking eviction rule needs: within one step, do the rows about to be committed
+    outrank the others? Steps where every row (or no row) has the label carry no ranking
+    information and are skipped (`n_steps` counts the informative ones). Rows with a NaN
+    score are dropped. Default label: `dense_commit` of `generate(..., dense_labels=True)`.
+
+    >>> t = pd.DataFrame({"seq": 0, "step": [0, 0, 0, 1, 1, 1], "score": [3.0, 1, 2, 1, 2, 3],
+    ...                   "dense_commit": [True, False, False, False, True, False]})
+    >>> within_step_auc(t, n_resamples=50)["auc"]
+    0.75
+    """
+    ok = trace[score].notna().to_numpy()
+    t = trace.loc[ok]
+    per_step = np.array([auc(g[score].to_numpy(dtype=float), g[label].to_numpy(dtype=bool))
+                         for _, g in t.groupby(list(steps), sort=False)])
+    per_step = per_step[~np.isnan(per_step)]
+    if len(per_step) == 0:
+        return {"auc": float("nan"), "auc_lo": float("nan"), "auc_hi": float("nan"), "n_steps": 0}
+    lo, hi = ((float("nan"),) * 2 if len(per_step) < 2 else
+              bootstrap_ci(np.mean, per_step, n_resamples=n_resamples, confidence=confidence, seed=seed))
+    return {"auc": float(per_step.mean()), "auc_lo": lo, "auc_hi": hi, "n_steps": int(len(per_step))}
+
+
+def miss_rate(trace: pd.DataFrame, label: str = "dense_commit", kept: str = "kept") -> float:
+    """Share of the rows with `label` (about to be committed without eviction) that eviction dropped.
+
+    >>> miss_rate(pd.DataFrame({"kept": [True, False, False], "dense_commit": [True, True, False]}))
+    0.5
+    """
+    y = trace[label].to_numpy(dtype=bool)
+    return float((y & ~trace[kept].to_numpy(dtype=bool)).sum() / y.sum()) if y.any() else float("nan")
+
+
 def keep_rule_precision_recall(trace: pd.DataFrame, label: str = "decodable_now",
                                kept: str = "kept") -> dict[str, float]:
     """Precision P(label | kept), recall P(kept | label) and miss rate 1 - recall of a keep column.

@@ -52,18 +52,21 @@ def ensure_labels(trace: pd.DataFrame, label: str) -> pd.DataFrame:
     return trace if label in trace.columns else decodability_labels(trace)
 
 
-def standardize_within_steps(trace: pd.DataFrame, column: str = "delta", ddof: int = 1) -> pd.Series:
+def standardize_within_steps(trace: pd.DataFrame, column: str = "delta", ddof: int = 0) -> pd.Series:
     """(x - mean) / std of `column` within each (seq, step), over all rows of the step.
 
     Why: deltas sum to ~0 in a step and their spread changes from step to step, so
     pooling raw deltas mixes scales (a scale mixture looks heavy-tailed even when each
-    step is Gaussian). Mean and unbiased std over all masked rows are exactly what the
-    FOCUS gate uses, so the gate sits at z = 1 in these units. NaN where a step has
-    fewer than 2 rows or zero spread.
+    step is Gaussian). The mean and the population std (ddof=0, default) over all masked
+    rows are exactly what the FOCUS gate uses (docs/design.md, "FOCUS" section), so the
+    gate sits at z = 1 in these units; ddof=1 gives the units of focuslib's older
+    sample-std gate. NaN where a step has fewer than 2 rows or zero spread.
 
-    >>> t = pd.DataFrame({"seq": 0, "step": [0, 0, 0], "delta": [1.0, 2.0, 3.0]})
-    >>> standardize_within_steps(t).tolist()
-    [-1.0, 0.0, 1.0]
+    >>> t = pd.DataFrame({"seq": 0, "step": [0, 0, 0, 0], "delta": [1.0, 1.0, 3.0, 3.0]})
+    >>> standardize_within_steps(t).tolist()  # mean 2, population std 1
+    [-1.0, -1.0, 1.0, 1.0]
+    >>> standardize_within_steps(t.iloc[:3], ddof=1).round(4).tolist()  # mean 5/3, sample std 1.1547
+    [-0.5774, -0.5774, 1.1547]
     """
     grouped = trace.groupby(STEP_KEYS, sort=False)[column]
     mean = grouped.transform("mean")

@@ -3,7 +3,9 @@
 Units are noise standard deviations: the N noise rows have z ~ N(0, 1) i.i.d. and the
 decodable row sits at x. With decodable_noise=True (default) x ~ N(SNR, 1), the
 decodable row's own delta being as noisy as the others'; with False, x = SNR exactly.
-Q is the standard normal survival function.
+Q is the standard normal survival function. The gate is FOCUS's mean + std over all
+masked rows with the decoder's population std (ddof=0, default; docs/design.md, "FOCUS"
+section); ddof=1 models focuslib's older sample-std gate.
 
 Derivations (short):
 - gate, N -> inf: mean + std of the block -> mu + sigma, i.e. 1; miss iff x < 1, so
@@ -12,11 +14,11 @@ Derivations (short):
   sample variance (independent of u, (N-1) S^2 ~ chi2(N-1)), "x < mean + std of all N+1
   rows" is equivalent to u < c_N S, c_N = sqrt(C / (A - B)) with A = N^2/(N+1)^2,
   B = N / ((N+1)(N+1-ddof)), C = (N-1)/(N+1-ddof) (square both sides after splitting the
-  sum of squares into within-noise and noise-vs-x parts). So P = E_S[Phi((c_N S - SNR) /
-  sqrt(1 + 1/N))], averaged over chi quantiles.
+  sum of squares into within-noise and noise-vs-x parts; ddof=0 gives c_N = sqrt((N+1)/N)).
+  So P = E_S[Phi((c_N S - SNR) / sqrt(1 + 1/N))], averaged over chi quantiles.
 - top-K: missed iff at least K of the N noise rows exceed x: P = E_x[P(Bin(N, Q(x)) >= K)].
-- focus (gate or top-K, as DESIGN.md): the keep set is the top max(K, |G|) rows, so a row
-  is missed iff it is below the gate and at least K rows are above it:
+- focus (gate or top-K, as docs/design.md): the keep set is the top max(K, |G|) rows, so a
+  row is missed iff it is below the gate and at least K rows are above it:
   P = E_x[1(x < gate) P(Bin(N, Q(x)) >= K)]; `gate` is the threshold in noise units,
   held fixed (1 for large N; at N ~ 10 its own sampling noise matters and this form is
   off by up to ~40% relative). Adjacency and progress only add rows, so it over-states
@@ -114,11 +116,12 @@ def _ranked(s: np.ndarray, n: np.ndarray, k: np.ndarray, upper: np.ndarray | flo
 
 def miss_probability(snr: np.ndarray | float, rule: str = "gate", n_noise: np.ndarray | int | None = None,
                      k: np.ndarray | int | None = None, *, gate: float = 1.0, decodable_noise: bool = True,
-                     ddof: int = 1) -> np.ndarray | float:
+                     ddof: int = 0) -> np.ndarray | float:
     """P(a decodable row with this SNR is evicted) under rule "gate", "topk" or "focus".
 
     gate: Q(SNR - gate) (N -> inf); with n_noise, the exact finite-N probability for
-    the mean + std rule over all N + 1 rows (`gate` then unused). topk: exact, needs
+    the mean + std rule over all N + 1 rows (`gate` then unused; std with `ddof`: 0, the
+    decoder's population std, or 1, the older sample std). topk: exact, needs
     n_noise and k. focus: gate-or-top-K rule with the gate at `gate` noise units.
     See the module docstring for the derivations.
 

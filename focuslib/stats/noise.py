@@ -1,4 +1,4 @@
-"""Gaussian noise model of importance deltas (DESIGN.md section 4, "Stats").
+"""Gaussian noise model of importance deltas (docs/design.md, "FOCUS" section).
 
 Non-decodable rows: delta ~ N(mu, sigma^2), i.i.d.; a decodable row has delta
 mu + m and SNR = m / sigma. Fits use only non-decodable rows, so the decodable ones
@@ -60,15 +60,17 @@ def fit_noise_model(deltas: np.ndarray, ddof: int = 1) -> NoiseModel:
 
 
 def fit_noise_model_by(trace: pd.DataFrame, by: str = "pooled", label: str = "decodable_now",
-                       standardize: bool = False, column: str = "delta") -> pd.DataFrame:
+                       standardize: bool = False, column: str = "delta", ddof: int = 1) -> pd.DataFrame:
     """mu, sigma, n of `column` over non-decodable rows, per group ("step", "block", "pooled").
 
     standardize=True first z-scores each step with the mean and std of all its masked
-    rows (`standardize_within_steps`), the statistics of the FOCUS gate. Choice: this
+    rows (`standardize_within_steps`: population std, the statistics of the FOCUS gate),
+    while sigma itself is the noise estimator of `fit_noise_model` (`ddof`, 1 by default). Choice: this
     removes the step-to-step change of scale before pooling (otherwise a pooled fit sees a
     heavy-tailed scale mixture), and puts the gate at z = 1. Because those statistics
-    include the step's few decodable rows, the fitted noise mu is slightly below 0 and
-    sigma slightly below 1; they are fitted, not assumed. by="step" with
+    include the step's few decodable rows (and divide by |M|, not by the number of noise
+    rows), the fitted noise mu is slightly below 0 and sigma is not exactly 1; they are
+    fitted, not assumed. by="step" with
     standardize=False shows how the raw scale drifts over steps.
 
     >>> t = pd.DataFrame({"seq": 0, "step": [0, 0, 0, 1, 1, 1], "block": 0,
@@ -81,10 +83,10 @@ def fit_noise_model_by(trace: pd.DataFrame, by: str = "pooled", label: str = "de
     noise = trace.assign(_x=values.to_numpy())[~trace[label].to_numpy(dtype=bool)]
     keys = group_keys(by)
     if not keys:
-        m = fit_noise_model(noise["_x"])
+        m = fit_noise_model(noise["_x"], ddof=ddof)
         return pd.DataFrame([{"mu": m.mu, "sigma": m.sigma, "n": m.n}])
     g = noise.groupby(keys, sort=True)["_x"]
-    out = g.agg(mu="mean", sigma=lambda x: x.std(ddof=1), n="count").reset_index()
+    out = g.agg(mu="mean", sigma=lambda x: x.std(ddof=ddof), n="count").reset_index()
     return out
 
 

@@ -5,7 +5,7 @@
     task.evaluate(preds)               # {"score": ..., "score/chain_sum": ..., ...}
 
 Procedural tasks (chain_sum, number_sorting, spell_backward, basic_arithmetic,
-mix) use compact character-level formats (see `procedural`); their splits are
+mix; the long-answer tribonacci, count_by, repeat, long_mix) use compact character-level formats (see `procedural`); their splits are
 a partition by prompt hash (hash % 10: 0-7 train, 8 validation, 9 test), so
 train/validation/test never share a problem. File-backed benchmarks (gsm8k,
 humaneval, sharegpt) are for real checkpoints (see `benchmarks`).
@@ -20,14 +20,15 @@ from typing import Any
 
 from .base import SPLITS, Task, prompt_split, resolve_seed
 from .benchmarks import HUMANEVAL_STOPS, build_gsm8k, build_humaneval, build_sharegpt
-from .procedural import CHARSET, DEFAULT_MIX_WEIGHTS, STREAMS, build_mix, build_procedural
+from .long import prefix_match
+from .procedural import CHARSET, DEFAULT_MIX_WEIGHTS, MIXES, STREAMS, build_mix, build_procedural
 
 __all__ = [
-    "CHARSET", "DEFAULT_MIX_WEIGHTS", "HUMANEVAL_STOPS", "PROCEDURAL_TASKS", "SPLITS", "TASK_NAMES",
-    "Task", "load_task", "prompt_split",
+    "CHARSET", "DEFAULT_MIX_WEIGHTS", "HUMANEVAL_STOPS", "MIXES", "PROCEDURAL_TASKS", "SPLITS", "TASK_NAMES",
+    "Task", "load_task", "prefix_match", "prompt_split",
 ]
 
-PROCEDURAL_TASKS: tuple[str, ...] = (*STREAMS, "mix")
+PROCEDURAL_TASKS: tuple[str, ...] = (*STREAMS, *MIXES)
 
 _FILE_BUILDERS: dict[str, Callable[..., Task]] = {
     "gsm8k": build_gsm8k,
@@ -57,8 +58,8 @@ def load_task(name: str, n: int, seed: int | str = "test", **kwargs: Any) -> Tas
         raise ValueError(f"n must be a positive int, got {n!r}")
     n = int(n)
     spec = resolve_seed(seed, kwargs.pop("split", None))
-    if name == "mix":
-        return build_mix(n, spec, **kwargs)
+    if name in MIXES:
+        return build_mix(n, spec, name=name, **kwargs)
     if name in STREAMS:
         return build_procedural(name, n, spec, **kwargs)
     builder = _FILE_BUILDERS[name]

@@ -12,6 +12,9 @@ task here re-formats the problem as a short canonical string ending in "=".
 | basic_arithmetic | "47+38="         | "85"      | Python `random` / reasoning-gym decimal scorer  |
 | mix              | any of the above | ...       | weighted mixture, scored per row's `task`       |
 
+The long-answer tasks of `long` (tribonacci, count_by, repeat, long_mix) share the
+same streams, splits and mixture machinery.
+
 Every score is 1.0 or 0.0: reasoning-gym's partial-credit rewards are binarised
 (only its 1.0 counts), because accuracy curves need exact match.
 """
@@ -27,6 +30,7 @@ from itertools import count
 from typing import Any
 
 from .base import SeedSpec, Task, collect, to_dataset
+from .long import LONG_MIX_WEIGHTS, LONG_STREAMS, score_exact
 
 # Fixed, append-only: character-level tokenizers index into this string, so
 # reordering it would silently change the token ids of trained checkpoints.
@@ -155,6 +159,7 @@ STREAMS: dict[str, Callable[..., Iterator[Row]]] = {
     "number_sorting": number_sorting_stream,
     "spell_backward": spell_backward_stream,
     "basic_arithmetic": basic_arithmetic_stream,
+    **LONG_STREAMS,
 }
 
 # ------------------------------------------------------------------- scorers
@@ -190,6 +195,7 @@ SCORERS: dict[str, Callable[[str, Row], float]] = {
     "number_sorting": score_sorted,
     "spell_backward": score_reversal,
     "basic_arithmetic": score_number,
+    **{name: score_exact for name in LONG_STREAMS},
 }
 
 
@@ -201,6 +207,9 @@ def score_mixed(prediction: str, example: Row) -> float:
 # ------------------------------------------------------------------ builders
 
 DEFAULT_MIX_WEIGHTS: dict[str, float] = {"spell_backward": 0.25, "number_sorting": 0.25, "chain_sum": 0.25, "basic_arithmetic": 0.25}
+
+# Mixtures by name: the bundled 8-block models' short tasks, and the long-answer regime tasks.
+MIXES: dict[str, dict[str, float]] = {"mix": DEFAULT_MIX_WEIGHTS, "long_mix": LONG_MIX_WEIGHTS}
 
 
 def knob_names(name: str) -> list[str]:
@@ -227,15 +236,16 @@ def build_mix(
     spec: SeedSpec,
     weights: dict[str, float] | None = None,
     unique: bool = False,
+    name: str = "mix",
     **sub_knobs: dict[str, Any],
 ) -> Task:
-    """Weighted mixture; each row's sub-task is drawn independently from `weights`.
+    """Weighted mixture `name` (a key of MIXES); each row's sub-task is drawn independently from `weights`.
 
     Sub-task knobs go in one dict per sub-task, e.g. `chain_sum={"max_terms": 4}`.
     Each sub-task keeps its standalone stream, so the mix's chain_sum rows are the
     first rows of `load_task("chain_sum", ...)` with the same seed and knobs.
     """
-    weights = dict(DEFAULT_MIX_WEIGHTS if weights is None else weights)
+    weights = dict(MIXES[name] if weights is None else weights)
     _check_weights(weights, sub_knobs)
     names = list(weights)
     rng = random.Random(spec.derive("mix"))
@@ -244,7 +254,7 @@ def build_mix(
         k: iter(procedural_rows(k, choices.count(k), spec, unique, sub_knobs.get(k, {})))
         for k in names if k in choices
     }
-    return _task("mix", [next(streams[k]) for k in choices], score_mixed)
+    return _task(name, [next(streams[k]) for k in choices], score_mixed)
 
 
 def _check_weights(weights: dict[str, float], sub_knobs: dict[str, Any]) -> None:

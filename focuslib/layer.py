@@ -1,0 +1,54 @@
+"""The one layer body of decoding: Q/K/V of a set of rows, then attention and FFN of the rows left.
+
+A layer runs in two halves so that eviction can happen between them (FOCUS evicts
+after layer 1's Q/K/V and RoPE, before its attention): `DenseRunner.project` and
+`DenseRunner.complete`. `project_rows`, `attend_rows` and `finish_rows` are the pieces,
+which policies that recompute only some rows (DyLLM) call for those rows.
+
+Row-wise parts (projections, norms, RoPE, FFN) run on the valid rows only (`RowPacker`);
+attention runs in the [B, L] layout against the layer's K/V buffers.
+
+Shapes: B batch, L rows, T positions (+1 trash column), H heads, G kv heads, D head dim, C width.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from focuslib.contract import KVSlot, LayerCall, LayerOutput, LayerRunner, Projection
+from focuslib.model import Layer, attend
+from focuslib.rows import RowPacker
+
+
+def project_rows(layer: Layer, h: Tensor, pos: Tensor, packer: RowPacker) -> tuple[Tensor, Tensor, Tensor]:
+    """q [B, L, H, D], k, v [B, L, G, D] of rows h [B, L, C] at positions pos [B, L] (valid rows only)."""
+    q, k, v = layer.qkv(packer.pack(h), packer.pack(pos))
+    return packer.unpack(q), packer.unpack(k), packer.unpack(v)
+
+
+def attend_rows(q: Tensor, kv: KVSlot, mask: Tensor) -> Tensor:
+    """Attention context [B, L, H, D] of queries q [B, L, H, D] over the layer's K/V under mask [B, L, T+1]."""
+    return attend(q, kv.k, kv.v, mask)
+
+
+def finish_rows(layer: Layer, h: Tensor, ctx: Tensor, packer: RowPacker) -> Tensor:
+    """Rows h [B, L, C] after the layer, given their attention context ctx [B, L, H, D]: output projection, FFN."""
+    x = packer.pack(h)
+    x = x + layer.attn_out(packer.pack(ctx))
+    x = x + layer.ffn(x)
+    return packer.unpack(x)
+
+
+class DenseRunner(LayerRunner):
+    """Every row's Q/K/V, attention and FFN (K/V of every row written before the eviction point)."""
+
+    def project(self, x: LayerCall) -> Projection:
+        q, k, v = project_rows(x.layer, x.h, x.rows.pos, x.rows.packer)
+        x.kv.write(x.rows.pos, x.rows.valid, k, v)
+        return Projection(q=q, k=k)
+
+    def complete(self, x: LayerCall, proj: Projection) -> LayerOutput:
+        h = finish_rows(x.layer, x.h, attend_rows(proj.q, x.kv, x.mask), x.rows.packer)
+        return LayerOutput(h=h, computed=x.rows.valid)
+
+
+__all__ = ["DenseRunner", "attend_rows", "finish_rows", "project_rows"]

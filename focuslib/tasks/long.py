@@ -1,0 +1,94 @@
+"""Long-answer procedural tasks: the regime FOCUS targets (answers of 40-60 tokens, 32-token blocks).
+
+Every answer fills most of a 64-token generation window, and every prompt has a
+fixed width, so the position of an answer token alone says where its inputs are:
+a small character-level model can learn them as local rules. The three tasks span
+the range from strictly sequential to parallel decoding:
+
+| task         | prompt          | answer                                  | what a token needs                        |
+|--------------|-----------------|-----------------------------------------|-------------------------------------------|
+| tribonacci   | "trib 371 48="  | 48 digits, d_i = d_{i-1}+d_{i-2}+d_{i-3} mod 10 (seeds 3,7,1) | the three digits before it: strictly sequential |
+| count_by     | "cnt 37+7 24="  | 24 two-digit fields 37 44 51 ... mod 100, no separators | the previous field and the step: sequential across fields, carries inside |
+| repeat       | "rep k3q9 48="  | "k3q9k3q9..." cut to 48 characters       | the pattern and its own offset: parallel |
+| long_mix     | any of the above | ...                                    | equal mixture                            |
+
+The two-digit number before "=" is the answer length (in fields for count_by), so
+the model knows where `<eos>` goes. Difficulty knob: the answer length range
+(`min_len`/`max_len`, `min_fields`/`max_fields`); training uses short answers
+first (`focuslib.training.TrainConfig.curriculum_*`). Scores are exact match;
+`prefix_match` gives the correct-prefix fraction used during training.
+
+Why not a digit-aligned running sum or long addition: a token there must read a
+prompt digit 25-60 positions away, which a 1.6M-parameter probe did not learn in
+35 minutes on this CPU (docs/design.md, "The regime testbed").
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Iterator
+from typing import Any
+
+Row = dict[str, Any]
+
+PATTERN_ALPHABET: str = string.ascii_lowercase + string.digits
+
+
+def _check_length(what: str, lo: int, hi: int, maximum: int = 99) -> None:
+    if not 1 <= lo <= hi <= maximum:
+        raise ValueError(f"need 1 <= min_{what}={lo} <= max_{what}={hi} <= {maximum}")
+
+
+def tribonacci_stream(seed: int, *, min_len: int = 40, max_len: int = 60) -> Iterator[Row]:
+    """Tribonacci digits mod 10 after three seed digits: "trib 371 08=" -> "17581439"."""
+    _check_length("len", min_len, max_len)
+    rng = random.Random(seed)
+    while True:
+        seeds = [rng.randint(0, 9) for _ in range(3)]
+        n = rng.randint(min_len, max_len)
+        digits = list(seeds)
+        for _ in range(n):
+            digits.append(sum(digits[-3:]) % 10)
+        prompt = f"trib {''.join(map(str, seeds))} {n:02d}="
+        yield {"prompt": prompt, "answer": "".join(map(str, digits[3:])), "task": "tribonacci"}
+
+
+def count_by_stream(seed: int, *, min_fields: int = 20, max_fields: int = 30) -> Iterator[Row]:
+    """Counting from s in steps of d mod 100, two digits per field: "cnt 95+7 04=" -> "95020916"."""
+    _check_length("fields", min_fields, max_fields, maximum=49)
+    rng = random.Random(seed)
+    while True:
+        start, step, n = rng.randint(0, 99), rng.randint(1, 9), rng.randint(min_fields, max_fields)
+        answer = "".join(f"{(start + k * step) % 100:02d}" for k in range(n))
+        yield {"prompt": f"cnt {start:02d}+{step} {n:02d}=", "answer": answer, "task": "count_by"}
+
+
+def repeat_stream(seed: int, *, min_len: int = 40, max_len: int = 60, pattern_len: int = 4) -> Iterator[Row]:
+    """A pattern of `pattern_len` letters/digits repeated and cut to n: "rep k3q9 10=" -> "k3q9k3q9k3"."""
+    _check_length("len", min_len, max_len)
+    if not 1 <= pattern_len <= 8:
+        raise ValueError(f"pattern_len must be in 1..8, got {pattern_len}")
+    rng = random.Random(seed)
+    while True:
+        pattern = "".join(rng.choice(PATTERN_ALPHABET) for _ in range(pattern_len))
+        n = rng.randint(min_len, max_len)
+        answer = (pattern * (n // pattern_len + 1))[:n]
+        yield {"prompt": f"rep {pattern} {n:02d}=", "answer": answer, "task": "repeat"}
+
+
+LONG_STREAMS = {"tribonacci": tribonacci_stream, "count_by": count_by_stream, "repeat": repeat_stream}
+
+LONG_MIX_WEIGHTS: dict[str, float] = {name: 1.0 / len(LONG_STREAMS) for name in LONG_STREAMS}
+
+
+def score_exact(prediction: str, example: Row) -> float:
+    """Exact match of the whole answer, surrounding whitespace ignored."""
+    return float(prediction.strip() == example["answer"])
+
+
+def prefix_match(prediction: str, answer: str) -> float:
+    """Fraction of the answer's characters before the first wrong one (1.0 = exact; extra output is ignored)."""
+    pred = prediction.strip()
+    n = next((i for i, (p, a) in enumerate(zip(pred, answer)) if p != a), min(len(pred), len(answer)))
+    return n / max(len(answer), 1)
