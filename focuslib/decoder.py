@@ -17,6 +17,7 @@ Shapes: B batch, T positions, L rows, S block positions, V vocab, C width.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
@@ -32,7 +33,7 @@ from focuslib.model import Transformer
 from focuslib.rows import Rows
 from focuslib.trace import TraceRecorder
 from kernels import gather_rows
-from policies.unmasking import StepContext, UnmaskingPolicy
+from policies.unmasking import POLICIES, StepContext, UnmaskingPolicy
 
 NOT_COMMITTED = -1
 
@@ -114,6 +115,7 @@ class DecodeState:
     done: Tensor  # [B] bool
     block_changed: Tensor  # [B] bool, True = current block started at this step
     span: int  # positions per block
+    bad_logits: Tensor | None = None  # [B] bool, set by _block_logits: a candidate's logits held NaN/Inf
 
 
 @dataclass
@@ -143,12 +145,14 @@ class DiffusionDecoder:
         True
     """
 
-    def __init__(self, model: Transformer, unmasking: UnmaskingPolicy, eviction: Any = None,
+    def __init__(self, model: Transformer, unmasking: UnmaskingPolicy | str, eviction: Any = None,
                  budget: BudgetPolicy | None = None, *, block_size: int | None = None,
-                 cache: str | None = None, cache_options: dict[str, Any] | None = None, tokenizer: Any = None) -> None:
+                 cache: str | None = None, cache_options: dict[str, Any] | None = None, tokenizer: Any = None,
+                 allow_unk: bool = False) -> None:
         cfg = model.cfg
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
-        self.unmasking = unmasking
+        self.unmasking = self._unmasking_policy(unmasking)  # a policy object, or a name of policies.unmasking.POLICIES
+        self.allow_unk = allow_unk  # True: string prompts may hold characters the tokenizer maps to its unknown token
         self.cache_name = cache or ("block" if cfg.block_diffusion else "none")
         self.cache_class = cache_mode_class(cfg.attention, self.cache_name)
         self.cache_options = dict(cache_options or {})
@@ -378,8 +382,11 @@ class DiffusionDecoder:
         row_of = rows.rows_at((block_pos - shift).clamp(min=0), state.x.shape[1])  # [B, S], -1 = no row
         h_block = h.gather(1, row_of.clamp(min=0)[:, :, None].expand(-1, -1, h.shape[-1]))
         logits = self.model.logits(h_block).float()
+        candidates = masked & (row_of >= 0)
+        # [B]: a candidate's logits hold NaN/Inf; read by _apply within its one host sync per step
+        state.bad_logits = (~logits.isfinite().all(-1) & candidates).any(1)
         logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
-        return logits, masked & (row_of >= 0)
+        return logits, candidates
 
     def _block_start(self, state: DecodeState) -> Tensor:
         """[B] absolute start of each sequence's current block (for gathering its positions)."""
@@ -392,10 +399,17 @@ class DiffusionDecoder:
                stop_at_eos: bool) -> None:
         """Write committed tokens, then advance blocks, step counters and the done flags."""
         active = ~state.done
+        bad = state.bad_logits if state.bad_logits is not None else torch.zeros_like(active)
+        n, n_active, n_bad = torch.stack([chosen.sum(), active.sum(), bad.sum()]).tolist()  # one host sync for all
+        if n_bad:
+            raise FloatingPointError(
+                f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences "
+                f"{bad.nonzero().flatten().tolist()} of the batch; nothing was committed. The weights or the "
+                "activations overflowed: check the checkpoint (load_model checks it unless check_finite=False) "
+                "and the dtype")
         seq, slot = chosen.nonzero(as_tuple=True)
         state.x[seq, block_pos[seq, slot]] = tokens[seq, slot]
         state.committed_step[seq, block_pos[seq, slot]] = stats.steps
-        n, n_active = torch.stack([chosen.sum(), active.sum()]).tolist()  # one host sync for both
         stats.tokens_committed += n
         stats.committed_per_step.append(n)
         stats.sequence_steps += n_active

@@ -9,6 +9,11 @@ Loading builds the model on the meta device (no init, no memory), checks every
 checkpoint key and shape against the model before reading any tensor data, then reads
 shard by shard and assigns the tensors. dtype defaults to float32 on CPU (exact, and
 what the tests use) and to the checkpoint's `torch_dtype` on accelerators.
+
+Nothing is loaded silently wrong: a config.json that is not JSON, a truncated or corrupt
+safetensors file, a missing shard, a tensor holding NaN or Inf (`check_finite`), an
+unavailable device or special ids outside the vocabulary raise an error naming the file,
+tensor, device or id.
 """
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ from focuslib.model import ModelConfig, Transformer
 
 BUNDLED_DIR = Path(__file__).parent / "checkpoints"  # focuslib/checkpoints/<name>/
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint's files are unreadable, corrupt or do not fit its config; the message names the file."""
 
 
 # --------------------------------------------------------------------------- finding checkpoints
@@ -55,10 +64,32 @@ def resolve_checkpoint(path_or_name: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _read_json(file: Path) -> dict[str, Any]:
+    """A JSON object from `file`; CheckpointError naming the file if it is not valid JSON or not an object."""
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({err}); the file is corrupt or truncated") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _read_hf(path: Path, overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    hf = {**json.loads((path / "config.json").read_text()), **(overrides or {})}
+    hf = {**_read_json(path / "config.json"), **(overrides or {})}
     gen_file = path / "generation_config.json"
-    return hf, json.loads(gen_file.read_text()) if gen_file.is_file() else None
+    return hf, _read_json(gen_file) if gen_file.is_file() else None
+
+
+def _open(file: Path, device: str = "cpu") -> Any:
+    """safe_open(file), with CheckpointError naming the file when it is missing, truncated or corrupt."""
+    try:
+        return safe_open(file, framework="pt", device=device)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} does not exist (listed by the checkpoint's {INDEX_FILE})") from None
+    except Exception as err:  # safetensors' SafetensorError: header too small, incomplete metadata, ...
+        size = file.stat().st_size if file.is_file() else 0
+        raise CheckpointError(f"{file} is truncated or corrupt ({size} bytes; safetensors: {err})") from None
 
 
 def read_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> ModelConfig:
@@ -69,10 +100,12 @@ def read_config(path: str | os.PathLike[str], overrides: Mapping[str, Any] | Non
 def _checkpoint_keys(path: Path) -> dict[str, Path]:
     """Checkpoint key -> the safetensors file holding it."""
     if (path / INDEX_FILE).is_file():
-        weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
+        weight_map = _read_json(path / INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{path / INDEX_FILE} has no weight_map object")
         return {k: path / f for k, f in weight_map.items()}
     if (path / SINGLE_FILE).is_file():
-        with safe_open(path / SINGLE_FILE, framework="pt") as f:
+        with _open(path / SINGLE_FILE) as f:
             return {k: path / SINGLE_FILE for k in f.keys()}
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}")
 
@@ -122,13 +155,13 @@ def _check_checkpoint(
         problems.append(f"unexpected keys: {_some(unexpected)}")
     if not problems:
         for file in sorted(set(keys.values())):
-            with safe_open(file, framework="pt") as f:
+            with _open(file) as f:
                 for key in sorted(k for k in f.keys() if k in shapes and keys[k] == file):
                     got, want = list(f.get_slice(key).get_shape()), list(shapes[key])
                     if got != want:
                         problems.append(f"shape mismatch for {key}: checkpoint {got}, model expects {want}")
     if problems:
-        raise ValueError(f"checkpoint {path} does not fit its config: " + "; ".join(problems[:5]))
+        raise CheckpointError(f"checkpoint {path} does not fit its config: " + "; ".join(problems[:5]))
 
 
 def load_model(
@@ -136,16 +169,23 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     config_overrides: Mapping[str, Any] | None = None,
+    check_finite: bool = True,
 ) -> tuple[Transformer, Any]:
     """(model in eval mode, tokenizer or None) from a checkpoint directory or bundled name.
 
     dtype: a torch dtype or its name; "auto" = the checkpoint's torch_dtype; None = float32
     on CPU, the checkpoint's torch_dtype elsewhere. config_overrides replace config.json keys
     (e.g. {"block_size": 32}) before parsing.
+    check_finite: refuse (CheckpointError naming the tensor) a tensor with NaN or Inf,
+    including values that overflow `dtype`. It reads every weight once more on the device
+    (seconds for an 8B model); pass False to skip it for very large checkpoints you trust.
     """
-    path, device = resolve_checkpoint(path_or_name), torch.device(device)
+    path, device = resolve_checkpoint(path_or_name), _check_device(device)
     hf, generation = _read_hf(path, config_overrides)
-    cfg = config_from_hf(hf, generation)
+    try:
+        cfg = config_from_hf(hf, generation)
+    except ValueError as err:
+        raise CheckpointError(f"{path / 'config.json'}: {err}") from None
     dtype = _resolve_dtype(dtype, hf.get("torch_dtype") or hf.get("dtype"), device)
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -154,10 +194,14 @@ def load_model(
     _check_checkpoint(path, keys, shapes, optional)
     state: dict[str, Tensor] = {}
     for file in sorted(set(keys[k] for k in parts)):
-        with safe_open(file, framework="pt", device=str(device)) as f:
+        with _open(file, device=str(device)) as f:
             for key in (k for k in parts if keys[k] == file):
                 names, rows = zip(*parts[key])
-                pieces = f.get_tensor(key).to(dtype).split(list(rows), dim=0)
+                stored = f.get_tensor(key)
+                tensor = stored.to(dtype)
+                if check_finite:
+                    _check_finite(stored, tensor, key, file)
+                pieces = tensor.split(list(rows), dim=0)
                 state.update((n, _aligned(p)) for n, p in zip(names, pieces))
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
@@ -165,6 +209,45 @@ def load_model(
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model.eval(), load_tokenizer(path)
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    """torch.device(device), or a ValueError saying clearly that the requested accelerator is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"load_model(device={device!r}): not a torch device ({err})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"load_model(device={str(dev)!r}): no CUDA device is visible "
+                             "(torch.cuda.is_available() is False); load on device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"load_model(device={str(dev)!r}): only {torch.cuda.device_count()} CUDA device(s) "
+                             "are visible")
+    return dev
+
+
+def _check_finite(stored: Tensor, cast: Tensor, key: str, file: Path) -> None:
+    """CheckpointError naming `key` if the tensor as loaded (`cast` to the load dtype) holds NaN or Inf.
+
+    One host sync per tensor; counted in chunks so no full-size temporary is made. Only on
+    failure is the stored tensor checked too, to tell corrupt values from a dtype overflow.
+    """
+    if not cast.is_floating_point():
+        return
+
+    def n_bad(t: Tensor) -> int:
+        return int(sum((~c.isfinite()).sum() for c in t.reshape(-1).split(1 << 24)))
+
+    bad = n_bad(cast)
+    if not bad:
+        return
+    if cast.dtype != stored.dtype and not n_bad(stored):
+        raise CheckpointError(f"checkpoint tensor {key!r} in {file} overflows {cast.dtype}: {bad} value(s) become "
+                              f"Inf; load it in {stored.dtype} (load_model(..., dtype=...))")
+    raise CheckpointError(f"checkpoint tensor {key!r} in {file} holds {bad} non-finite value(s) (NaN or Inf) of "
+                          f"{cast.numel()}: the checkpoint is corrupt "
+                          "(load_model(..., check_finite=False) skips this check)")
 
 
 def _aligned(t: Tensor) -> Tensor:
@@ -268,6 +351,7 @@ def _as_transformers_tokenizer(tokenizer: Any, cfg: ModelConfig) -> Any:
 
 __all__ = [
     "BUNDLED_DIR",
+    "CheckpointError",
     "bundled_checkpoints",
     "checkpoint_state_dict",
     "load_model",

@@ -102,7 +102,7 @@ class Family:
         """ModelConfig from config.json (and generation_config.json, which may add EOS ids)."""
         mask = hf.get("mask_token_id")
         pad = hf.get("pad_token_id", (generation or {}).get("pad_token_id"))
-        return ModelConfig(
+        cfg = ModelConfig(
             family=self.name,
             mask_id=int(self.default_mask_id if mask is None else mask),
             eos_ids=eos_ids(hf, generation, self.default_eos_id, self.turn_end_ids),
@@ -111,6 +111,8 @@ class Family:
             extra={"model_type": hf.get("model_type", self.model_types[0])},
             **self.arch_from_hf(hf),
         )
+        check_special_ids(cfg, mask_given=mask is not None)
+        return cfg
 
     def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
         """config.json dict in the family's real format; refuses configs the format cannot express."""
@@ -165,6 +167,15 @@ def eos_ids(
     if default in ids:
         ids += list(turn_end)
     return tuple(dict.fromkeys(ids))
+
+
+def check_special_ids(cfg: ModelConfig, mask_given: bool = True) -> None:
+    """Refuse a mask or pad id outside [0, vocab_size): the decoder embeds them, so they must be real tokens."""
+    where = "mask_token_id" if mask_given else f"the {cfg.family} default mask_token_id"
+    for name, value in ((where, cfg.mask_id), ("pad_token_id", cfg.pad_id)):
+        if value is not None and not 0 <= value < cfg.vocab_size:
+            raise ValueError(f"{name} {value} is outside the vocabulary: ids must lie in [0, {cfg.vocab_size}) "
+                             f"(vocab_size {cfg.vocab_size})")
 
 
 def eos_field(cfg: ModelConfig) -> int | list[int] | None:
