@@ -3,13 +3,16 @@
     python -m experiments.model_card --checkpoint focuslib/checkpoints/tiny-sdar \
         --run-dir outputs/train/tiny_sdar --command "python -m experiments.train train=tiny_sdar ..."
 
-What it measures:
-* test accuracy per task on `--n-test` problems of load_task("mix", seed="test") with equal
-  task weights, under low-confidence decoding (one token per step: LowConfidence,
+What it measures (`--task mix`, the 8-block models, or `--task long_mix`, the regime model):
+* test accuracy per task on `--n-test` problems of load_task(task, seed="test") (mix: equal
+  task weights), under low-confidence decoding (one token per step: LowConfidence,
   steps = gen_length) and threshold decoding (Threshold(0.9)); tokens committed per step
   per task (the decoder's DecodeStats.tokens_per_step, <eos> filler included);
 * a validation curve: the training log's one-shot accuracy, plus threshold-0.9 decoder
-  accuracy of every snapshot in run_dir/snapshots on `--n-val` validation problems.
+  accuracy of every snapshot in run_dir/snapshots on `--n-val` validation problems (or,
+  when the log has them, the decoder accuracies the trainer measured itself: `val_decode`);
+* `--regime`: the regime metrics of focuslib.regime under Threshold(0.9) (how much a block
+  decodes per step, forced commits, the oracle's row-layer saving) and the correct-prefix rate.
 """
 from __future__ import annotations
 
@@ -22,6 +25,24 @@ from typing import Any
 import torch
 
 EVAL_WEIGHTS = {"spell_backward": 0.25, "number_sorting": 0.25, "chain_sum": 0.25, "basic_arithmetic": 0.25}
+
+# What the card says about each training/evaluation mix.
+TASK_NOTES = {
+    "mix": ("answers are at most 9 characters, followed by `<eos>` filler",
+            "chain_sum 2-3 single-digit terms; number_sorting 3-5 values in 0..9; spell_backward words of 3-8 "
+            "letters; basic_arithmetic two 2-digit operands, `+`"),
+    "long_mix": ("answers are 40-60 characters (tribonacci digits, count_by fields, repeat patterns), followed by "
+                 "`<eos>` filler",
+                 "training answers from 8 tokens up (tribonacci/repeat 8-60 characters, count_by 4-30 fields), "
+                 "drawn short-first by the curriculum over answer length; evaluation at 40-60"),
+}
+
+
+def eval_task(name: str, n: int, seed: str) -> Any:
+    """The evaluation problems of a card: the equal-weight mix, or any other task with its defaults."""
+    from focuslib.tasks import load_task
+
+    return load_task(name, n, seed=seed, **({"weights": EVAL_WEIGHTS} if name == "mix" else {}))
 
 
 def decode_task(model: Any, tok: Any, task: Any, policy: str, gen_length: int, batch_size: int) -> dict[str, dict]:
@@ -46,12 +67,11 @@ def summarize(per_task: dict[str, dict]) -> dict[str, float]:
     return {"mean_accuracy": sum(accs) / len(accs), "min_accuracy": min(accs), "mean_tokens_per_step": sum(tps) / len(tps)}
 
 
-def snapshot_curve(run_dir: Path, gen_length: int, n_val: int, batch_size: int) -> list[dict]:
+def snapshot_curve(run_dir: Path, gen_length: int, n_val: int, batch_size: int, task_name: str = "mix") -> list[dict]:
     """Threshold-0.9 validation accuracy of every loadable snapshot (sorted by step)."""
     from focuslib.loading import load_model
-    from focuslib.tasks import load_task
 
-    task = load_task("mix", n_val, seed="validation", weights=EVAL_WEIGHTS)
+    task = eval_task(task_name, n_val, "validation")
     points = []
     for snap in sorted((run_dir / "snapshots").glob("step*")):
         model, tok = load_model(snap)
@@ -68,6 +88,41 @@ def one_shot_curve(run_dir: Path) -> list[dict]:
     return [r for r in records if r.get("event") == "val"]
 
 
+def logged_decode_curve(one_shot: list[dict]) -> list[dict]:
+    """The trainer's own Threshold(0.9) validation decodes (val_decode), in the snapshot-curve format."""
+    points = []
+    for r in one_shot:
+        tasks = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("decode_accuracy/")}
+        if tasks:
+            points.append({"step": r["step"], "elapsed_min": round(r["elapsed_min"], 1), **tasks,
+                           "mean_accuracy": sum(tasks.values()) / len(tasks),
+                           "mean_tokens_per_step": r.get("decode_tokens_per_step", float("nan"))})
+    return points
+
+
+def regime_section(model: Any, tok: Any, task: Any, gen_length: int, batch_size: int) -> str:
+    """Markdown: regime metrics and correct-prefix rate under Threshold(0.9) on the test problems."""
+    from focuslib import DiffusionDecoder, evaluate
+    from focuslib.tasks import prefix_match
+    from policies.unmasking import Threshold
+
+    result = evaluate(DiffusionDecoder(model, Threshold(0.9), tokenizer=tok), task, gen_length=gen_length,
+                      batch_size=batch_size, progress=False, regime=True)
+    r = result.regime
+    prefix = sum(prefix_match(x["prediction"], x["answer"]) for x in result.records) / len(result.records)
+    lines = ["| statistic (Threshold(0.9), exact block cache) | value |", "|---|---|",
+             f"| mean fraction of a block's masked rows committed at its first step | {r.committed_fraction_first:.3f} |",
+             f"| ... at later steps | {r.committed_fraction_later:.3f} |",
+             f"| share of commits that are forced (top-1 < 0.9) | {r.forced_share:.1%} |",
+             f"| row-layers an oracle eviction could save (dense trace replay) | {r.oracle_saving:.1%} |",
+             f"| correct-prefix rate | {prefix:.1%} |", f"| exact match | {result.accuracy:.1%} |"]
+    for name, stats in sorted(result.regime_by_task.items()):
+        lines.append(f"| {name}: committed fraction first / later, forced share | "
+                     f"{stats.committed_fraction_first:.3f} / {stats.committed_fraction_later:.3f}, "
+                     f"{stats.forced_share:.1%} |")
+    return "\n".join(lines)
+
+
 def plot_curves(path: Path, one_shot: list[dict], snaps: list[dict], title: str) -> None:
     import matplotlib
 
@@ -81,7 +136,7 @@ def plot_curves(path: Path, one_shot: list[dict], snaps: list[dict], title: str)
         if snaps:
             axes[1].plot([p["elapsed_min"] for p in snaps], [p.get(t, float("nan")) for p in snaps], marker="o", ms=3, label=t)
     axes[0].set_title("one-shot argmax (training log)", fontsize=9)
-    axes[1].set_title("decoder, Threshold(0.9), snapshots", fontsize=9)
+    axes[1].set_title("decoder, Threshold(0.9), validation", fontsize=9)
     for ax in axes:
         ax.set_xlabel("training minutes")
         ax.grid(alpha=0.3)
@@ -110,13 +165,13 @@ def _table(per_policy: dict[str, dict[str, dict]]) -> str:
 def _curve_table(one_shot: list[dict], snaps: list[dict]) -> str:
     tasks = sorted(k.split("/")[1] for k in one_shot[-1] if k.startswith("one_shot_accuracy/"))
     head = "| minutes | step | " + " | ".join(tasks) + " | mean |"
-    lines = ["One-shot argmax accuracy on the 200 validation problems of the training mix (training log):", "",
+    lines = ["One-shot argmax accuracy on the validation problems (training log):", "",
              head, "|" + "---|" * (len(tasks) + 3)]
     for r in one_shot:
         vals = " | ".join(f"{r[f'one_shot_accuracy/{t}']:.2f}" for t in tasks)
         lines.append(f"| {r['elapsed_min']:.1f} | {r['step']} | {vals} | {r['one_shot_accuracy']:.2f} |")
     if snaps:
-        lines += ["", "Decoder accuracy (Threshold 0.9) of the snapshots, equal-weight validation mix:", "",
+        lines += ["", "Decoder accuracy (Threshold 0.9) on validation problems during training:", "",
                   head.replace("| mean |", "| mean | tokens/step |"), "|" + "---|" * (len(tasks) + 4)]
         for p in snaps:
             vals = " | ".join(f"{p.get(t, float('nan')):.2f}" for t in tasks)
@@ -125,7 +180,8 @@ def _curve_table(one_shot: list[dict], snaps: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_card(ckpt: Path, run_dir: Path, results: dict, snaps: list[dict], commands: list[str], notes: str) -> None:
+def write_card(ckpt: Path, run_dir: Path, results: dict, snaps: list[dict], commands: list[str], notes: str,
+               task_name: str = "mix", regime: str = "") -> None:
     cfg = json.loads((ckpt / "config.json").read_text())
     train_cfg = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0]).get("config", {})
     from focuslib.loading import load_model
@@ -151,7 +207,7 @@ model, tokenizer = load_model("{ckpt.name}")          # bundled name or path
 ```
 
 Decode with `gen_length={info.get('gen_length', 16)}` (the answer region it was trained on;
-answers are at most 9 characters, followed by `<eos>` filler).
+{TASK_NOTES[task_name][0]}).
 
 ## Architecture
 
@@ -178,8 +234,7 @@ AdamW (lr {train_cfg.get('lr')}, betas {train_cfg.get('betas')}, wd {train_cfg.g
 time budget, batch {train_cfg.get('batch_size')}, grad clip {train_cfg.get('grad_clip')}, bf16 autocast, {train_cfg.get('threads')} CPU thread.
 
 * data: `load_task("{train_cfg.get('task')}", {train_cfg.get('n_train')}, seed="train", **{train_cfg.get('task_options')})`
-  (default difficulty knobs: chain_sum 2-3 single-digit terms; number_sorting 3-5 values in 0..9;
-  spell_backward words of 3-8 letters; basic_arithmetic two 2-digit operands, `+`);
+  ({TASK_NOTES[task_name][1]});
   validation `seed="validation"` ({train_cfg.get('n_val')} problems); splits are disjoint by prompt hash.
 * steps: {info.get('step')}; wall time: {info.get('elapsed_min')} min (validation and checkpoints included),
   on a 2-core CPU shared with other jobs.
@@ -189,8 +244,8 @@ time budget, batch {train_cfg.get('batch_size')}, grad clip {train_cfg.get('grad
 {chr(10).join(commands)}
 ```
 
-Partly trained snapshots (every 5 minutes) are kept outside the package in the run
-directory `{run_dir}/snapshots/` for policy studies.
+Partly trained snapshots are kept outside the package in the run directory
+`{run_dir}/snapshots/` for policy studies.
 
 ## Validation curve
 
@@ -200,13 +255,14 @@ directory `{run_dir}/snapshots/` for policy studies.
 
 ## Test results
 
-{results['n_test']} problems of `load_task("mix", {results['n_test']}, seed="test", weights={EVAL_WEIGHTS})`
-(equal task weights), `DiffusionDecoder`, gen_length {results['gen_length']}, greedy.
+{results['n_test']} problems of `{results['task_call']}`, `DiffusionDecoder`, gen_length {results['gen_length']}, greedy.
 Low-confidence = `LowConfidence()`, steps = gen_length (one token per step);
 threshold = `Threshold(0.9)` (every masked position with confidence >= 0.9, at least one).
 Tokens per step count every committed token, `<eos>` filler included.
 
 {_table(results['policies'])}
+
+{("## Regime" + chr(10) + chr(10) + regime) if regime else ""}
 
 {notes}
 """
@@ -226,23 +282,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--notes", default="")
     ap.add_argument("--skip-snapshots", action="store_true")
+    ap.add_argument("--task", default="mix", choices=sorted(TASK_NOTES), help="evaluation mix")
+    ap.add_argument("--regime", action="store_true", help="add the regime metrics (focuslib.regime)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from focuslib.loading import load_model
-    from focuslib.tasks import load_task
 
     ckpt, run_dir = Path(args.checkpoint), Path(args.run_dir)
     model, tok = load_model(ckpt)
-    test = load_task("mix", args.n_test, seed="test", weights=EVAL_WEIGHTS)
+    test = eval_task(args.task, args.n_test, "test")
     policies = {}
     for policy, bs in (("low_confidence", args.lc_batch_size), ("threshold", args.batch_size)):
         policies[policy] = decode_task(model, tok, test, policy, args.gen_length, bs)
         print(policy, json.dumps(policies[policy]), json.dumps(summarize(policies[policy])), flush=True)
+    weights = f", weights={EVAL_WEIGHTS}" if args.task == "mix" else ""
     results = {"n_test": args.n_test, "gen_length": args.gen_length, "policies": policies,
+               "task_call": f'load_task("{args.task}", {args.n_test}, seed="test"{weights})',
                "summary": {k: summarize(v) for k, v in policies.items()}}
-    snaps = [] if args.skip_snapshots else snapshot_curve(run_dir, args.gen_length, args.n_val, args.batch_size)
+    snaps = logged_decode_curve(one_shot_curve(run_dir))
+    if not snaps and not args.skip_snapshots:
+        snaps = snapshot_curve(run_dir, args.gen_length, args.n_val, args.batch_size, args.task)
+    regime = regime_section(model, tok, test, args.gen_length, args.batch_size) if args.regime else ""
     (run_dir / "eval_results.json").write_text(json.dumps({**results, "snapshots": snaps}, indent=2))
-    write_card(ckpt, run_dir, results, snaps, args.command, args.notes)
+    write_card(ckpt, run_dir, results, snaps, args.command, args.notes, args.task, regime)
     print("wrote", ckpt / "README.md", os.path.getsize(ckpt / "README.md"), "bytes")
 
 
