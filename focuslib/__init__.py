@@ -1,11 +1,38 @@
-"""focuslib: composable decoding for diffusion LLMs (unmasking x eviction x budget policies)."""
-from focuslib.decoder import DecodeStats, DiffusionDecoder, GenerationOutput
-from focuslib.evaluate import EvalResult, evaluate
-from focuslib.loading import bundled_checkpoints, load_model, save_checkpoint
-from focuslib.model import ModelConfig, MoEConfig, Transformer
-from focuslib.trace import load_trace, save_trace
+"""focuslib: composable decoding for diffusion LLMs (unmasking x eviction x budget policies).
 
-__all__ = [
-    "DecodeStats", "DiffusionDecoder", "EvalResult", "GenerationOutput", "ModelConfig", "MoEConfig", "Transformer",
-    "bundled_checkpoints", "evaluate", "load_model", "load_trace", "save_checkpoint", "save_trace",
-]
+The public names below are imported on first use (PEP 562), so importing a light module such
+as `focuslib.contract` (what policies depend on) does not pull in the decoder.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DecodeStats": "focuslib.decoder", "DiffusionDecoder": "focuslib.decoder", "GenerationOutput": "focuslib.decoder",
+    "EvalResult": "focuslib.evaluate", "evaluate": "focuslib.evaluate",
+    "bundled_checkpoints": "focuslib.loading", "load_model": "focuslib.loading", "save_checkpoint": "focuslib.loading",
+    "ModelConfig": "focuslib.model", "MoEConfig": "focuslib.model", "Transformer": "focuslib.model",
+    "load_trace": "focuslib.trace", "save_trace": "focuslib.trace",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from focuslib.decoder import DecodeStats, DiffusionDecoder, GenerationOutput
+    from focuslib.evaluate import EvalResult, evaluate
+    from focuslib.loading import bundled_checkpoints, load_model, save_checkpoint
+    from focuslib.model import ModelConfig, MoEConfig, Transformer
+    from focuslib.trace import load_trace, save_trace
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'focuslib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

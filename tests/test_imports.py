@@ -1,0 +1,90 @@
+"""The import graph: policies and kernels import nothing of the decoder, and no module imports itself back.
+
+Parsed statically (ast), so the test sees imports inside functions too; imports under
+`if TYPE_CHECKING:` never run and are ignored. Importing `a.b.c` counts as importing the
+packages `a` and `a.b` as well, whose __init__ modules run first (except the importing
+module's own ancestors, which are already initialising).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("focuslib", "policies", "kernels", "experiments")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """Project modules imported by one file (with their parent packages)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST, depth: int) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and top_level_only:
+                continue
+            targets: list[str] = []
+            if isinstance(child, ast.Import):
+                targets = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in child.names]
+            for t in targets:
+                parts = t.split(".")
+                for i in range(1, len(parts) + 1):
+                    mod = ".".join(parts[:i])
+                    if parts[0] in PACKAGES and (ROOT / Path(*parts[:i])).with_suffix(".py").exists() or (
+                            ROOT / Path(*parts[:i]) / "__init__.py").exists():
+                        found.add(mod)
+            visit(child, depth + 1)
+
+    visit(ast.parse(path.read_text()), 0)
+    # a module's own ancestor packages are already initialising when it runs: not an edge
+    return {m for m in found if m != name and not name.startswith(m + ".")}
+
+
+def _graph(top_level_only: bool) -> dict[str, set[str]]:
+    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    return {_module_name(p): _imports(p, top_level_only) for p in files}
+
+
+def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_policies_and_kernels_never_import_the_decoder():
+    graph = _graph(top_level_only=False)
+    for module in graph:
+        if module.split(".")[0] in ("policies", "kernels"):
+            reached = _closure(graph, module)
+            assert "focuslib.decoder" not in reached, f"{module} imports focuslib.decoder (via {sorted(reached)})"
+    assert "focuslib.decoder" not in _closure(graph, "focuslib.contract")
+
+
+def test_no_import_cycles_at_module_level():
+    graph = _graph(top_level_only=True)
+    for module in graph:
+        assert module not in _closure(graph, module), f"{module} imports itself back at module level"
