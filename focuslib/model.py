@@ -78,7 +78,7 @@ class ModelConfig:
     logit_shift: bool = False  # Dream: logits at i predict token i + 1
     # Optional, only in focuslib's own small checkpoints (real ones lack it): a
     # learned embedding of each token's offset from the start of the answer,
-    # which lets a tiny model learn digit-by-digit tasks quickly (DESIGN.md §5).
+    # which lets a tiny model learn digit-by-digit tasks quickly (docs/design.md, "Model families").
     answer_offset_embeddings: int = 0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 

@@ -21,7 +21,7 @@ Families:
   tokens see clean tokens block-causally. Loss is read on the noisy copy only.
 
 Both use the answer-offset embedding (`ModelConfig.answer_offset_embeddings`,
-DESIGN.md §5) with answer_start = prompt length, as the decoder passes it.
+docs/design.md, "Model families") with answer_start = prompt length, as the decoder passes it.
 
 Shapes: B batch, T positions, L query rows, K key rows, V vocab.
 """
