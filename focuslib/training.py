@@ -353,8 +353,12 @@ class TrainConfig:
     seed: int = 0
     run_name: str = "run"  # Hydra puts the run in outputs/train/<run_name>
     run_dir: str = "outputs/train/run"  # checkpoints, logs, snapshots (Hydra sets its output dir)
-    resume: bool = False  # continue from run_dir/last.pt (model, optimizer, step, clock, RNG)
+    resume: bool = False  # continue from run_dir/last.pt, else from resume_snapshot (model, optimizer, clock, RNG)
     ckpt_every_min: float = 5.0  # resumable checkpoint run_dir/last.pt
+    # A compact resumable snapshot (fp32 weights, bf16 second moments, no first moments: about 6 bytes
+    # per parameter) written with every checkpoint, at one path that is overwritten, small enough to
+    # commit so that a run can continue in a later session on a fresh machine (None: off).
+    resume_snapshot: str | None = None
     snapshot_every_min: float = 5.0  # loadable checkpoint run_dir/snapshots/<minutes>min (0: off)
     val_every_min: float = 5.0
     log_every: int = 20  # steps between metric lines in run_dir/metrics.jsonl
@@ -403,7 +407,8 @@ class Trainer:
         self.seq_len = max(len(p) for p, _ in self.train_pairs + self.val_pairs) + cfg.gen_length
         self.loss_fn = torch.compile(batch_loss) if cfg.compile else batch_loss
         if cfg.resume:
-            self._load(self.run_dir / "last.pt")
+            last = self.run_dir / "last.pt"
+            self._load(last if last.is_file() or not cfg.resume_snapshot else Path(cfg.resume_snapshot))
 
     def _data(self) -> tuple[list, list, Any]:
         from focuslib.tasks import load_task
@@ -552,16 +557,16 @@ class Trainer:
         blob = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "state": asdict(self.state), "generator": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "config": _jsonable(self.cfg)}
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
+        _atomic_save(blob, path)
+        if self.cfg.resume_snapshot:
+            _atomic_save(_compact(blob), Path(self.cfg.resume_snapshot))
 
     def _load(self, path: Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"resume=true but there is no checkpoint {path}")
         blob = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
+        self.optimizer.load_state_dict(_expand(blob["optimizer"]))
         self.state = RunState(**blob["state"])
         self.generator.set_state(blob["generator"])
         torch.set_rng_state(blob["torch_rng"])
@@ -572,6 +577,30 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         if record.get("event") == "val":
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}), flush=True)
+
+
+def _atomic_save(blob: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def _compact(blob: dict[str, Any]) -> dict[str, Any]:
+    """The resumable checkpoint at about 6 bytes per parameter: AdamW's second moments in bf16, first moments
+    dropped (they rebuild within ~10 steps at beta1 0.9; `_expand` restores them as zeros)."""
+    opt = blob["optimizer"]
+    state = {k: {"step": v["step"], "exp_avg_sq": v["exp_avg_sq"].to(torch.bfloat16)} for k, v in opt["state"].items()}
+    return {**blob, "optimizer": {"state": state, "param_groups": opt["param_groups"]}, "compact": True}
+
+
+def _expand(opt: dict[str, Any]) -> dict[str, Any]:
+    """Optimizer state in AdamW's own layout, from a full or a compact (`_compact`) checkpoint."""
+    state = {}
+    for k, v in opt["state"].items():
+        sq = v["exp_avg_sq"].float()
+        state[k] = {**v, "exp_avg_sq": sq, "exp_avg": v.get("exp_avg", torch.zeros_like(sq))}
+    return {"state": state, "param_groups": opt["param_groups"]}
 
 
 def _adamw(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -217,6 +217,25 @@ def test_resume_continues_step_and_optimizer(tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state"]["step"] == 5
 
 
+def test_compact_resume_snapshot_continues_on_a_fresh_machine(tmp_path):
+    """The committed snapshot (fp32 weights, bf16 second moments) resumes a run whose run dir is gone."""
+    snapshot = tmp_path / "resume" / "snap.pt"
+    Trainer(_tiny_cfg(tmp_path, "sdar", max_steps=3, export_dir=None, resume_snapshot=str(snapshot))).run()
+    full = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    compact = torch.load(snapshot, weights_only=False)
+    assert compact["compact"] and snapshot.stat().st_size < 0.75 * (tmp_path / "run" / "last.pt").stat().st_size
+    (tmp_path / "run" / "last.pt").unlink()  # a fresh machine: only the committed snapshot is left
+    trainer = Trainer(_tiny_cfg(tmp_path, "sdar", max_steps=5, export_dir=None, resume=True,
+                                resume_snapshot=str(snapshot)))
+    assert trainer.state.step == 3
+    torch.testing.assert_close(trainer.model.state_dict(), full["model"])
+    for k, v in trainer.optimizer.state_dict()["state"].items():
+        assert not v["exp_avg"].any()  # first moments restart from zero
+        torch.testing.assert_close(v["exp_avg_sq"], full["optimizer"]["state"][k]["exp_avg_sq"], rtol=1e-2, atol=0)
+    trainer.run()
+    assert torch.load(snapshot, weights_only=False)["state"]["step"] == 5
+
+
 def test_hydra_presets_compose():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -224,7 +243,7 @@ def test_hydra_presets_compose():
     import experiments.train  # noqa: F401  (registers train_schema)
 
     conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
-    for preset, family in (("tiny_llada", "llada"), ("tiny_sdar", "sdar")):
+    for preset, family in (("tiny_llada", "llada"), ("tiny_sdar", "sdar"), ("tiny_sdar_b32", "sdar")):
         with initialize_config_dir(config_dir=conf_dir, version_base=None):
             cfg = compose("train", overrides=[f"train={preset}", "run_dir=/tmp/x", "time_budget_min=1"])
         obj = OmegaConf.to_object(cfg)
