@@ -46,7 +46,9 @@ class WandbLogger(NullLogger):
         self._step = 0
 
     def start(self, config: Mapping[str, Any], run_dir: Path, name: str) -> None:
-        import wandb  # imported here: slow, and only needed when this logger is chosen
+        from focuslib.extras import require
+
+        wandb = require("wandb", "logger=wandb")  # imported here: slow, and only needed when this logger is chosen
 
         directory = Path(self.dir) if self.dir else run_dir
         directory.mkdir(parents=True, exist_ok=True)

@@ -135,9 +135,9 @@ def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
     """
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from datasets import Dataset
+    from focuslib.extras import require
 
-    return Dataset.from_list(rows)
+    return require("datasets", "focuslib.tasks").Dataset.from_list(rows)
 
 
 @dataclass

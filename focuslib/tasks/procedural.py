@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 from itertools import count
 from typing import Any
 
+from focuslib.extras import require
+
 from .base import SeedSpec, Task, collect, to_dataset
 from .long import LONG_MIX_WEIGHTS, LONG_STREAMS, score_exact
 
@@ -69,8 +71,7 @@ def chain_sum_stream(
     """reasoning-gym chain_sum ("4 - 1 + 7") with the spaces removed: "4-1+7=" -> "10"."""
     _check_range("terms", min_terms, max_terms, 1)
     _check_range("digits", min_digits, max_digits, 1)
-    import reasoning_gym
-
+    reasoning_gym = require("reasoning_gym", "the chain_sum task")
     ds = reasoning_gym.create_dataset(
         "chain_sum", seed=seed, size=1, min_terms=min_terms, max_terms=max_terms,
         min_digits=min_digits, max_digits=max_digits, allow_negation=allow_negation,
@@ -109,8 +110,7 @@ def spell_backward_stream(seed: int, *, min_word_len: int = 3, max_word_len: int
     words are kept so that every string stays inside CHARSET.
     """
     _check_range("word_len", min_word_len, max_word_len, 1)
-    import reasoning_gym
-
+    reasoning_gym = require("reasoning_gym", "the spell_backward task")
     ds = reasoning_gym.create_dataset(
         "spell_backward", seed=seed, size=1, min_word_len=min_word_len, max_word_len=max_word_len
     )
@@ -167,7 +167,7 @@ STREAMS: dict[str, Callable[..., Iterator[Row]]] = {
 
 def score_number(prediction: str, example: Row) -> float:
     """reasoning-gym's decimal reward, counted only when exact ("+06" and "6.0" equal "6")."""
-    from reasoning_gym.utils import compute_decimal_reward
+    compute_decimal_reward = require("reasoning_gym.utils", "number scoring").compute_decimal_reward
 
     return float(compute_decimal_reward(prediction.strip(), oracle_answer=example["answer"]) == 1.0)
 
@@ -180,9 +180,7 @@ def score_sorted(prediction: str, example: Row) -> float:
 
 @functools.cache
 def _spell_scorer() -> Callable[[str, Row], float]:
-    import reasoning_gym
-
-    return reasoning_gym.create_dataset("spell_backward", seed=0, size=1).score_answer
+    return require("reasoning_gym", "reversal scoring").create_dataset("spell_backward", seed=0, size=1).score_answer
 
 
 def score_reversal(prediction: str, example: Row) -> float:
