@@ -47,6 +47,7 @@ class StepView:
     masked_at_block_start: Tensor  # [B] long, masked positions of the block when it started
     n_masked: Tensor  # [B] long, masked positions of the current block now
     active: Tensor  # [B] bool, False = sequence finished
+    logit_shift: int = 0  # 1 for Dream: position p is predicted by the row at p - 1
 
     @property
     def positions(self) -> int:

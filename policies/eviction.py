@@ -227,6 +227,9 @@ class RankingEviction(EvictionPolicy):
                       to the right-most kept row.
       gate_std        "population" (divide by n) or "sample" (n - 1).
       round_to_model_dtype  importance rounded to the model dtype before the delta (True) or float32.
+
+    Logit-shifted models (Dream: position p is predicted by the row at p - 1): rows are scored
+    as tokens, and a kept masked position also keeps its predictor row p - 1.
     """
 
     uses_budget = True
@@ -308,7 +311,11 @@ class RankingEviction(EvictionPolicy):
         b, l = view.rows.pos.shape
         keep = torch.ones(b, l + 1, dtype=torch.bool, device=scores.device)  # rows outside the block: kept
         keep.scatter_(1, torch.where(has_row, row_of, l), keep_s)  # slots without a row write column L
-        return keep[:, :l]
+        keep = keep[:, :l]
+        if view.step.logit_shift:  # Dream: a kept masked position needs its predictor row, p - 1
+            kept_masked = view.rows.by_position(keep & view.masked, view.step.positions, False)[:, 1:]  # [B, T]
+            keep = keep | kept_masked.gather(1, view.rows.pos)  # row p kept when position p + 1 is
+        return keep
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(score={self.score_name!r}, layer={self.layer}, window={self.window}, "

@@ -171,3 +171,13 @@ def test_old_rules_are_still_available_and_differ():
     old = _decode(Focus(eviction_point="output", evicted_keys="hidden", progress_rule="fill", gate_std="sample"),
                   FocusBudget(1.0), n_layers=4, trace=True)
     assert new.stats.row_layers != old.stats.row_layers
+
+
+def test_dream_keeps_the_predictor_row_of_every_kept_position():
+    """With the logit shift, a kept masked position keeps its predictor row p - 1, so it stays a commit candidate.
+    The oracle keeps exactly its positions (no adjacency rule to rescue the predictor rows)."""
+    decoder = DiffusionDecoder(tiny_model("dream", n_layers=4), Threshold(0.9), RankingEviction("oracle"),
+                               FixedBudget(count=1), cache="none", block_size=8)
+    df = decoder.generate(PROMPTS, gen_length=16, stop_at_eos=False, trace=True).trace
+    assert df.loc[df["score"] > 0, "kept"].all()  # every position the oracle keeps has its predictor row
+    assert (~df["kept"]).any()
