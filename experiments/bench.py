@@ -36,6 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from experiments.config_checks import clean_errors, plan_bench
 from focuslib import DiffusionDecoder, evaluate, load_model
 from focuslib.tasks import load_task
 
@@ -214,8 +215,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 @hydra.main(config_path="../conf", config_name="bench", version_base=None)
 def main(cfg: DictConfig) -> None:
+    with clean_errors():  # config errors (checked before the model loads) and corrupt checkpoints: message only
+        plan_bench(cfg, score_stacks(cfg))
+        rows = run_bench(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
-    rows = run_bench(cfg)
     (out / "bench.json").write_text(json.dumps(rows, indent=2))
     table = markdown_table(rows)
     (out / "bench.md").write_text(table + "\n")

@@ -6,24 +6,34 @@ any weights load, so a bad sweep point fails in seconds with the offending key n
 ("budget.alpha must be > 0, got -1.0"). The policy constructors stay the single source of
 truth for their own argument ranges: we instantiate them (cheap, no model) and re-label
 their errors with the config key. Model facts come from config.json alone
-(`focuslib.loading.read_config`), never from the weights.
+(`focuslib.loading.read_config`), never from the weights. The decoder's own request rules
+(`DiffusionDecoder.request_problems`: steps against the blocks, the block grid, each task
+prompt encoded by the checkpoint's tokenizer, when it has one) run here too, with the
+decoder's messages, so nothing that `generate` would refuse passes `check_only=true`. Keys
+the schema does not have are errors, including those added with Hydra's `+key=value`.
+`clean_errors` turns these errors into Hydra's compact report (message, no traceback).
 """
 from __future__ import annotations
 
+import functools
+import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from focuslib.cache import CACHE_MODES, CACHE_OPTIONS
+from focuslib.decoder import DiffusionDecoder
 from focuslib.eviction import as_policy_list as _as_list  # the decoder's own normaliser: what validates, decodes
-from focuslib.loading import read_config, resolve_checkpoint
+from focuslib.loading import CheckpointError, load_tokenizer, read_config, resolve_checkpoint
 from focuslib.model import ModelConfig
 from focuslib.tasks import TASK_NAMES, Task, load_task
 
@@ -111,6 +121,7 @@ class Plan:
 def plan_run(cfg: DictConfig) -> Plan:
     """Check `cfg` and build the policies, task and model facts; raise ConfigError naming every bad key."""
     problems: list[str] = []
+    check_unknown_keys(cfg, DecodeConfig, problems)
     _check_scalars(cfg, problems)
     unmasking = _build(cfg, "unmasking", problems)
     eviction = _build(cfg, "eviction", problems)
@@ -123,12 +134,36 @@ def plan_run(cfg: DictConfig) -> Plan:
     steps = cfg.steps
     if model_cfg is not None:
         _check_against_model(cfg, model_cfg, eviction, budget, problems)
-        steps = _resolve_steps(cfg, model_cfg, unmasking, problems)
+        steps = _resolve_steps(cfg, unmasking)
+        check_request(cfg, model_path, model_cfg, unmasking, steps, task, problems)
     if problems:
         raise ConfigError(problems)
     return Plan(unmasking=unmasking, eviction=eviction, budget=budget, logger=logger, model_path=model_path,
                 model_cfg=model_cfg, cache=cfg.cache.mode,
                 cache_options=OmegaConf.to_container(cfg.cache.options), block_size=cfg.block_size, steps=steps, task=task)
+
+
+def check_unknown_keys(cfg: DictConfig, schema: type, problems: list[str], prefix: str = "") -> None:
+    """Keys the schema does not declare (Hydra's `+key=value` adds them even to a structured config).
+
+    Recurses into the schema's dataclass-typed nodes (model, cache, task); free-form nodes
+    (Any or Dict fields: policy groups, options, config_overrides) are checked where they are used.
+    """
+    if not isinstance(cfg, DictConfig):
+        return
+    known = {f.name: f for f in fields(schema)}
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if key not in known:
+            if not prefix and key == "hydra":  # compose(..., return_hydra_config=True)
+                continue
+            where = f"{prefix.rstrip('.')}" if prefix else "the top level"
+            problems.append(f"{name}: unknown key (an override +{name}=... adds a key the schema does not have); "
+                            f"keys at {where}: {', '.join(known)}")
+            continue
+        sub = known[key].default_factory  # ModelSpec, CacheSpec, TaskSpec; dataclasses.MISSING for the rest
+        if isinstance(sub, type) and is_dataclass(sub):
+            check_unknown_keys(cfg.get(key), sub, problems, f"{name}.")
 
 
 def _check_scalars(cfg: DictConfig, problems: list[str]) -> None:
@@ -140,8 +175,9 @@ def _check_scalars(cfg: DictConfig, problems: list[str]) -> None:
             problems.append(f"{key} must be >= {low}, got {value}")
 
 
-def _build(cfg: DictConfig, group: str, problems: list[str]) -> Any:
-    """Instantiate a `_target_` group (None when its config is empty); constructor errors name the key."""
+def _build(cfg: DictConfig, group: str, problems: list[str], prefix: str | None = None) -> Any:
+    """Instantiate a `_target_` group (None when its config is empty); constructor errors name the key
+    (`prefix`, default the group)."""
     node = cfg.get(group)
     if _empty(node):
         return None
@@ -149,7 +185,7 @@ def _build(cfg: DictConfig, group: str, problems: list[str]) -> Any:
         return instantiate(node)
     except Exception as err:  # hydra wraps the constructor's error; report the original
         cause = err.__cause__ or err
-        problems.append(keyed(group, _keys(node), str(cause).strip()))
+        problems.append(keyed(prefix or group, _keys(node), str(cause).strip()))
         return None
 
 
@@ -255,40 +291,150 @@ def _check_against_model(cfg: DictConfig, model_cfg: ModelConfig, eviction: Any,
     if cfg.gen_length >= model_cfg.max_positions:
         problems.append(f"gen_length={cfg.gen_length} leaves no room for a prompt within the model's "
                         f"max_positions {model_cfg.max_positions}")
+    _check_cache(cfg.cache, cfg.model.path, model_cfg, problems)
+    if model_cfg.block_diffusion and cfg.block_size not in (None, model_cfg.block_size):
+        problems.append(f"block_size={cfg.block_size} differs from the model's block-causal block "
+                        f"{model_cfg.block_size}; block-diffusion families decode on their own grid "
+                        "(block_size=null)")
+    _check_eviction(cfg.get("eviction"), cfg.get("budget"), "eviction", "budget", model_cfg, eviction, problems)
+
+
+def _check_cache(spec: DictConfig, model_path: Any, model_cfg: ModelConfig, problems: list[str]) -> None:
     modes = CACHE_MODES[model_cfg.attention]
-    if cfg.cache.mode is not None and cfg.cache.mode not in modes:
-        problems.append(f"cache.mode {cfg.cache.mode!r} does not apply to {model_cfg.attention}-attention models "
-                        f"({cfg.model.path}); choose one of {', '.join(modes)} or cache=auto")
-    allowed = CACHE_OPTIONS.get(cfg.cache.mode, ())
-    for key in sorted(set(cfg.cache.options) - set(allowed)):
-        problems.append(f"cache.options.{key}: cache mode {cfg.cache.mode!r} has no such option; its options: "
+    if spec.mode is not None and spec.mode not in modes:
+        problems.append(f"cache.mode {spec.mode!r} does not apply to {model_cfg.attention}-attention models "
+                        f"({model_path}); choose one of {', '.join(modes)} or cache=auto")
+    allowed = CACHE_OPTIONS.get(spec.mode, ())
+    for key in sorted(set(spec.get("options") or {}) - set(allowed)):
+        problems.append(f"cache.options.{key}: cache mode {spec.mode!r} has no such option; its options: "
                         f"{list(allowed)}")
-    if model_cfg.block_diffusion:
-        if cfg.block_size not in (None, model_cfg.block_size):
-            problems.append(f"block_size={cfg.block_size} differs from the model's block-causal block "
-                            f"{model_cfg.block_size}; block-diffusion families decode on their own grid "
-                            "(block_size=null)")
-    elif cfg.block_size and cfg.gen_length % cfg.block_size:
-        problems.append(f"block_size={cfg.block_size} does not divide gen_length={cfg.gen_length}")
+
+
+def _check_eviction(node: Any, budget_node: Any, key: str, budget_key: str, model_cfg: ModelConfig, eviction: Any,
+                    problems: list[str]) -> None:
+    """The eviction policies' own model checks, and that a ranking policy has a budget."""
     for policy in _as_list(eviction):
         check = getattr(policy, "check", None)
         try:
             if check is not None:
                 check(model_cfg)
         except Exception as err:
-            problems.append(keyed("eviction", _keys(cfg.eviction), str(err)))
-        if getattr(policy, "uses_budget", False) and _empty(cfg.get("budget")):  # (not: budget failed to build)
-            problems.append(f"budget: eviction policy {type(policy).__name__} ranks rows and needs a budget "
+            problems.append(keyed(key, _keys(node), str(err)))
+        if getattr(policy, "uses_budget", False) and _empty(budget_node):  # (not: budget failed to build)
+            problems.append(f"{budget_key}: eviction policy {type(policy).__name__} ranks rows and needs a budget "
                             "(e.g. budget=focus)")
 
 
-def _resolve_steps(cfg: DictConfig, model_cfg: ModelConfig, unmasking: Any, problems: list[str]) -> Optional[int]:
+def _resolve_steps(cfg: DictConfig, unmasking: Any) -> Optional[int]:
     """steps=null means gen_length for schedule policies (one token per step) and no cap for dynamic ones."""
     steps = cfg.steps
     if steps is None and getattr(unmasking, "needs_schedule", False):
         steps = cfg.gen_length
-    if steps is not None and not model_cfg.block_diffusion and cfg.block_size and cfg.gen_length % cfg.block_size == 0:
-        blocks = cfg.gen_length // cfg.block_size
-        if steps < blocks:
-            problems.append(f"steps={steps} is fewer than the {blocks} blocks of gen_length/block_size")
     return steps
+
+
+MAX_PROMPT_PROBLEMS = 3  # a bad rule usually hits many of a task's prompts: name the first few, count the rest
+
+
+def check_request(cfg: DictConfig, model_path: Path | None, model_cfg: ModelConfig, unmasking: Any,
+                  steps: Optional[int], task: Task | None, problems: list[str]) -> None:
+    """The decoder's own request rules (`DiffusionDecoder.request_problems`, the same code `generate` runs), with
+    the task's prompts encoded by the checkpoint's tokenizer when it has one: unknown characters, empty
+    prompts, prompt + gen_length beyond max_positions, the block grid, steps against the blocks."""
+    if unmasking is None or any(p.startswith(("gen_length", "steps", "block_size")) for p in problems):
+        return  # already reported with the key
+    ids = _task_ids(model_path, task, problems) if task is not None and model_path is not None else None
+    block = model_cfg.block_size if model_cfg.block_diffusion else cfg.get("block_size")
+    found = DiffusionDecoder.request_problems(model_cfg, cfg.gen_length, steps, block_size=block,
+                                              unmasking=unmasking, prompts=ids)
+    prompt_problems = [str(e) for e in found if str(e).startswith("prompt ")]
+    problems.extend(f"task: {m}" for m in prompt_problems[:MAX_PROMPT_PROBLEMS])
+    if len(prompt_problems) > MAX_PROMPT_PROBLEMS:
+        problems.append(f"task: ... {len(prompt_problems)} prompts in all fail the decoder's checks")
+    problems.extend(str(e) for e in found if not str(e).startswith("prompt "))
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str) -> Any:
+    return load_tokenizer(path)
+
+
+def _task_ids(model_path: Path, task: Task, problems: list[str]) -> list[list[int]] | None:
+    """The task's prompts as the decoder will encode them; None when the checkpoint has no tokenizer files."""
+    try:
+        tokenizer = _tokenizer(str(model_path))
+    except Exception as err:
+        problems.append(f"model.path: {err}")
+        return None
+    if tokenizer is None:
+        return None  # generate() will say that text prompts need a tokenizer
+    try:
+        return DiffusionDecoder.encode_prompts(list(task.prompts), tokenizer)
+    except (TypeError, ValueError) as err:  # names the first bad prompt
+        problems.append(f"task: {err}")
+        return None
+
+
+# -------------------------------------------------------------------------- bench
+
+
+def plan_bench(cfg: DictConfig, stacks: dict[str, Any]) -> None:
+    """The checks of `plan_run` for experiments.bench's config (conf/bench.yaml): raise ConfigError naming every
+    bad key before any weights load. stacks: name -> stack node (eviction, budget) as the bench runs them."""
+    problems: list[str] = []
+    at_least = {"n_examples": 1, "repeats": 1, "gen_length": 1, "steps": 1, "threads": 1}
+    for key, low in at_least.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            problems.append(f"{key} must be an int >= {low}, got {value!r}")
+    sizes = cfg.get("batch_sizes")
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        problems.append(f"batch_sizes must be a non-empty list of ints >= 1, got {sizes}")
+    unmasking = _build(cfg, "unmasking", problems)
+    if unmasking is None and not any("unmasking" in p for p in problems):
+        problems.append("unmasking: an unmasking policy is required (e.g. unmasking=threshold)")
+    built = {}
+    for name, spec in stacks.items():
+        key = f"stacks.{name}"
+        eviction = _build(spec, "eviction", problems, prefix=f"{key}.eviction")
+        _build(spec, "budget", problems, prefix=f"{key}.budget")
+        built[name] = (spec, eviction)
+    task, options = None, cfg.task.get("options")
+    try:
+        task = load_task(cfg.task.name, cfg.n_examples, seed=cfg.task.seed,
+                         **(OmegaConf.to_container(options, resolve=True) if options else {}))
+    except Exception as err:
+        problems.append(f"task: {err}")
+    model_path, model_cfg = _read_model(cfg, problems)
+    if model_cfg is not None:
+        _check_cache(cfg.cache, cfg.model.path, model_cfg, problems)
+        if model_cfg.block_diffusion and cfg.get("block_size") not in (None, model_cfg.block_size):
+            problems.append(f"block_size={cfg.block_size} differs from the model's block-causal block "
+                            f"{model_cfg.block_size} (block_size=null)")
+        for name, (spec, eviction) in built.items():
+            _check_eviction(spec.get("eviction"), spec.get("budget"), f"stacks.{name}.eviction",
+                            f"stacks.{name}.budget", model_cfg, eviction, problems)
+        check_request(cfg, model_path, model_cfg, unmasking, cfg.get("steps"), task, problems)
+    if problems:
+        raise ConfigError(problems)
+
+
+# -------------------------------------------------------------------------- apps
+
+
+class AppError(CompactHydraException):
+    """A config or checkpoint error of an app's run: Hydra prints its message alone, without a traceback (and in a
+    sweep still runs the remaining points, then exits non-zero)."""
+
+
+@contextmanager
+def clean_errors(*types: type[BaseException]) -> Iterator[None]:
+    """In a Hydra app's entry: an error of `types` (default: ConfigError, CheckpointError) becomes an AppError,
+    which Hydra reports as the message alone and exit status 1. HYDRA_FULL_ERROR=1 keeps the original error
+    and its full traceback."""
+    try:
+        yield
+    except (types or (ConfigError, CheckpointError)) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise AppError(f"error: {err}") from err

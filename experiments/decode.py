@@ -8,7 +8,8 @@
     python -m experiments.decode -m eviction=none,focus budget.alpha=1.2,1.5 check_only=true   # validate a sweep
 
 The config (conf/config.yaml) is checked right after composition (experiments.config_checks)
-so a bad value stops the run before weights load. The run directory (Hydra's output dir)
+so a bad value stops the run before weights load; config and checkpoint errors print their
+message alone (no traceback; HYDRA_FULL_ERROR=1 shows it) and exit with status 1. The run directory (Hydra's output dir)
 gets metrics.json (metrics + resolved config + overrides), generations.jsonl and per_task.png;
 `python -m experiments.report <multirun dir>` tabulates a sweep.
 """
@@ -24,7 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config_checks import Plan, plan_run
+from experiments.config_checks import Plan, clean_errors, plan_run
 from experiments.loggers import NullLogger
 from experiments.plots import per_task_plot
 from focuslib import DiffusionDecoder, EvalResult, evaluate, load_model
@@ -84,13 +85,14 @@ def print_summary(result: EvalResult, decoder: DiffusionDecoder, show: int, run_
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    plan = plan_run(cfg)  # raises ConfigError naming the bad keys, before any weights load
-    hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    if cfg.check_only:
-        print(f"config ok: {' '.join(overrides) or 'defaults'} ({cfg.model.path}, {len(plan.task)} problems)")
-        return math.nan
-    record = run(cfg, plan, Path(hydra_cfg.runtime.output_dir), overrides)
+    with clean_errors():  # ConfigError naming the bad keys, before any weights load; corrupt checkpoints
+        plan = plan_run(cfg)
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        if cfg.check_only:
+            print(f"config ok: {' '.join(overrides) or 'defaults'} ({cfg.model.path}, {len(plan.task)} problems)")
+            return math.nan
+        record = run(cfg, plan, Path(hydra_cfg.runtime.output_dir), overrides)
     return record["accuracy"]  # the objective, for optimising sweepers
 
 

@@ -13,16 +13,32 @@ from __future__ import annotations
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from focuslib.training import TrainConfig, train
+from experiments.config_checks import ConfigError, check_unknown_keys, clean_errors
+from focuslib.training import TrainConfig, Trainer
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
+def build_trainer(cfg: DictConfig) -> Trainer:
+    """The run's Trainer (model, data, optimizer, resumed state); ConfigError naming what is wrong with the config."""
+    problems: list[str] = []
+    check_unknown_keys(cfg, TrainConfig, problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        config: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        return Trainer(config)
+    except (OmegaConfBaseException, ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        raise ConfigError([str(err).strip()]) from err
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    config: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    train(config)
+    with clean_errors():  # config errors (raised while the trainer is set up) print their message alone
+        trainer = build_trainer(cfg)
+    trainer.run()  # errors while training keep their traceback
 
 
 if __name__ == "__main__":

@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'focuslib' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+    module = importlib.import_module(_EXPORTS[name])
+    # bind every export of that module now: importing focuslib.evaluate also sets the package attribute
+    # `evaluate` to the submodule, which must not shadow the function of the same name
+    globals().update({n: getattr(module, n) for n, m in _EXPORTS.items() if m == module.__name__})
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

@@ -288,7 +288,7 @@ class DiffusionDecoder:
         return StepView(step=index, tokens=state.x, mask_id=self.cfg.mask_id, prompt_len=state.prompt_len,
                         block_start=self._block_start(state), span=state.span, step_in_block=state.step_in_block,
                         masked_at_block_start=state.masked_at_block_start, n_masked=masked_block.sum(1),
-                        active=~state.done)
+                        active=~state.done, logit_shift=int(self.cfg.logit_shift))
 
     def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
                     masked_block: Tensor, evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView]]:
@@ -439,41 +439,96 @@ class DiffusionDecoder:
 
     # -- setup -------------------------------------------------------------------
 
+    @staticmethod
+    def _unmasking_policy(unmasking: Any) -> UnmaskingPolicy:
+        """The policy object: `unmasking` itself, or a registered name of policies.unmasking.POLICIES built with
+        its defaults ("threshold" -> Threshold())."""
+        names = ", ".join(POLICIES)
+        if isinstance(unmasking, str):
+            if unmasking not in POLICIES:
+                raise ValueError(f"unknown unmasking policy {unmasking!r}; registered names: {names} "
+                                 "(or pass a policy object, e.g. policies.unmasking.Threshold(0.9))")
+            return POLICIES[unmasking]()
+        if isinstance(unmasking, type) and issubclass(unmasking, UnmaskingPolicy):
+            raise TypeError(f"unmasking: pass an instance, {unmasking.__name__}(), not the class")
+        if not isinstance(unmasking, UnmaskingPolicy):
+            classes = ", ".join(c.__name__ for c in dict.fromkeys(POLICIES.values()))
+            raise TypeError(f"unmasking must be an unmasking policy object (policies.unmasking: {classes}) or a "
+                            f"registered name ({names}); got {unmasking!r} ({type(unmasking).__name__})")
+        return unmasking
+
     def _encode(self, prompts: Sequence[Sequence[int] | str]) -> list[list[int]]:
+        return self.encode_prompts(prompts, self.tokenizer, allow_unk=self.allow_unk)
+
+    @staticmethod
+    def encode_prompts(prompts: Any, tokenizer: Any = None, *, allow_unk: bool = False) -> list[list[int]]:
+        """Token-id lists of `prompts` (strings through `tokenizer`, integer lists as they are).
+
+        Raises TypeError naming the prompt index for anything else, and ValueError naming the
+        characters of a string prompt that the tokenizer can only encode as its unknown token
+        (unless allow_unk; tokenizers without an unknown token, e.g. byte-level BPE, never do).
+        Shared with the experiments' config checks, which encode a task's prompts before loading.
+        """
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise TypeError("prompts must be a list of token-id lists or strings")
         if len(prompts) == 0:
             raise ValueError("prompts is empty: pass at least one prompt")
+        unk = None if allow_unk or tokenizer is None else _unk_id(tokenizer)
         out = []
-        for p in prompts:
+        for i, p in enumerate(prompts):
             if isinstance(p, str):
-                if self.tokenizer is None:
+                if tokenizer is None:
                     raise ValueError("string prompts need a tokenizer: DiffusionDecoder(..., tokenizer=tok)")
-                p = self.tokenizer.encode(p, add_special_tokens=False)
-                p = getattr(p, "ids", p)  # a raw tokenizers.Tokenizer returns an Encoding
-            out.append([int(t) for t in p])
+                enc = tokenizer.encode(p, add_special_tokens=False)
+                ids = [int(t) for t in getattr(enc, "ids", enc)]  # a raw tokenizers.Tokenizer returns an Encoding
+                if unk is not None and unk in ids:
+                    raise ValueError(_unknown_characters(i, p, ids, tokenizer, unk))
+                out.append(ids)
+            else:
+                out.append(_token_ids(i, p))
         return out
 
     def _check_request(self, ids: list[list[int]], gen_length: int, steps: int | None) -> None:
-        cfg = self.cfg
+        problems = self.request_problems(self.cfg, gen_length, steps, block_size=self.block_size,
+                                         unmasking=self.unmasking, prompts=ids)
+        if problems:
+            raise problems[0]
+
+    @staticmethod
+    def request_problems(cfg: Any, gen_length: Any, steps: Any, *, block_size: int | None, unmasking: Any,
+                         prompts: list[list[int]] | None = None) -> list[Exception]:
+        """Every rule a `generate` request must satisfy, as the exceptions it would raise (first = raised).
+
+        Needs only the ModelConfig: the experiments' config checks call it before any weights
+        load. block_size: the decoder's block (the model's for block-diffusion families, else
+        the user's or None); unmasking: the policy (its `needs_schedule`); prompts: token ids,
+        or None to check the rules that do not depend on them.
+        """
+        if isinstance(gen_length, bool) or not isinstance(gen_length, numbers.Integral):
+            return [TypeError(f"gen_length must be an int, got {gen_length!r} ({type(gen_length).__name__})")]
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)):
+            return [TypeError(f"steps must be an int or None, got {steps!r} ({type(steps).__name__})")]
         if gen_length <= 0:
-            raise ValueError(f"gen_length must be positive, got {gen_length}")
-        for i, p in enumerate(ids):
+            return [ValueError(f"gen_length must be positive, got {gen_length}")]
+        out: list[Exception] = []
+        for i, p in enumerate(prompts or ()):
             if not p:
-                raise ValueError(f"prompt {i} is empty")
-            if cfg.mask_id in p:
-                raise ValueError(f"prompt {i} contains the mask token id {cfg.mask_id}")
-            if min(p) < 0 or max(p) >= cfg.vocab_size:
-                raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
-            if len(p) + gen_length > cfg.max_positions:
-                raise ValueError(f"prompt {i} ({len(p)} tokens) + gen_length {gen_length} exceeds the model's "
-                                 f"max_positions {cfg.max_positions}")
-        if not cfg.block_diffusion and self.block_size and gen_length % self.block_size:
-            raise ValueError(f"gen_length {gen_length} is not a multiple of block_size {self.block_size}")
-        if self.unmasking.needs_schedule and steps is None:
-            raise ValueError(f"{type(self.unmasking).__name__} follows a fixed schedule: pass steps=")
-        if steps is not None and steps < self._n_blocks(gen_length):
-            raise ValueError(f"steps={steps} is fewer than the {self._n_blocks(gen_length)} blocks to decode")
+                out.append(ValueError(f"prompt {i} is empty"))
+            elif cfg.mask_id in p:
+                out.append(ValueError(f"prompt {i} contains the mask token id {cfg.mask_id}"))
+            elif min(p) < 0 or max(p) >= cfg.vocab_size:
+                out.append(ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})"))
+            elif len(p) + gen_length > cfg.max_positions:
+                out.append(ValueError(f"prompt {i} ({len(p)} tokens) + gen_length {gen_length} exceeds the model's "
+                                      f"max_positions {cfg.max_positions}"))
+        if not cfg.block_diffusion and block_size and gen_length % block_size:
+            out.append(ValueError(f"gen_length {gen_length} is not a multiple of block_size {block_size}"))
+        if getattr(unmasking, "needs_schedule", False) and steps is None:
+            out.append(ValueError(f"{type(unmasking).__name__} follows a fixed schedule: pass steps="))
+        n_blocks = -(-gen_length // (block_size or gen_length))
+        if steps is not None and steps < n_blocks:
+            out.append(ValueError(f"steps={steps} is fewer than the {n_blocks} blocks to decode"))
+        return out
 
     def _n_blocks(self, gen_length: int) -> int:
         return -(-gen_length // (self.block_size or gen_length))
@@ -531,3 +586,57 @@ class DiffusionDecoder:
         return GenerationOutput(sequences=sequences, tokens=tokens, stats=stats, text=text, trace=trace,
                                 steps_per_sequence=(state.committed_step.max(1).values + 1).tolist(),
                                 committed_per_sequence=committed.sum(1).tolist())
+
+
+# -- prompt helpers of DiffusionDecoder.encode_prompts ----------------------------
+
+
+_PROMPT_TYPES = "expected a string or a list of integer token ids"
+
+
+def _token_ids(i: int, prompt: Any) -> list[int]:
+    """A prompt given as token ids, as a list of ints; TypeError naming prompt i otherwise."""
+    if isinstance(prompt, Tensor) or (hasattr(prompt, "dtype") and hasattr(prompt, "ndim")):  # torch / numpy
+        dtype = prompt.dtype
+        integral = (not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+                    if isinstance(prompt, Tensor) else getattr(dtype, "kind", "") in "iu")
+        if prompt.ndim != 1 or not integral:
+            raise TypeError(f"prompt {i} is a {type(prompt).__name__} of shape {tuple(prompt.shape)} and dtype "
+                            f"{dtype}; {_PROMPT_TYPES}")
+        return [int(t) for t in prompt.tolist()]
+    if isinstance(prompt, (bytes, bytearray, dict)) or not isinstance(prompt, Sequence):
+        raise TypeError(f"prompt {i} is {type(prompt).__name__} {prompt!r:.60}; {_PROMPT_TYPES}")
+    for j, t in enumerate(prompt):
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"prompt {i} has {t!r:.40} ({type(t).__name__}) at position {j}; {_PROMPT_TYPES}")
+    return [int(t) for t in prompt]
+
+
+def _unk_id(tokenizer: Any) -> int | None:
+    """Id of the tokenizer's unknown token, or None (byte-level tokenizers have none)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None:
+        return int(unk)
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)  # transformers fast tokenizer, or a raw one
+    token = getattr(getattr(backend, "model", None), "unk_token", None)
+    if token and hasattr(backend, "token_to_id"):
+        found = backend.token_to_id(token)
+        return None if found is None else int(found)
+    return None
+
+
+def _unknown_characters(i: int, prompt: str, ids: list[int], tokenizer: Any, unk: int) -> str:
+    """The error message for prompt i, which the tokenizer encodes with its unknown token."""
+    def encode(text: str) -> list[int]:
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        return list(getattr(enc, "ids", enc))
+
+    chars = [c for c in dict.fromkeys(prompt) if unk in encode(c)]
+    shown = ", ".join(map(repr, chars[:12])) + (f" ... ({len(chars)} in all)" if len(chars) > 12 else "")
+    what = (f"characters the tokenizer cannot encode: {shown}" if chars
+            else f"text the tokenizer encodes as its unknown token (token positions "
+                 f"{[j for j, t in enumerate(ids) if t == unk]})")
+    text = prompt if len(prompt) <= 40 else prompt[:40] + "..."
+    return (f"prompt {i} ({text!r}) has {what}; they would become the unknown token (id {unk}) and decode "
+            "silently wrong. Rewrite the prompt, or pass DiffusionDecoder(..., allow_unk=True) to decode it anyway")
+

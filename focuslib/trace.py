@@ -88,6 +88,14 @@ class TraceRecorder:
 
 def save_trace(trace: pd.DataFrame, path: str | Path) -> Path:
     """Write a trace as parquet (columnar, keeps dtypes)."""
+    if trace is None:
+        raise TypeError("save_trace got None instead of a trace: GenerationOutput.trace is None unless the prompts "
+                        "were decoded with generate(..., trace=True)")
+    if not isinstance(trace, pd.DataFrame):
+        raise TypeError(f"save_trace needs a trace DataFrame (GenerationOutput.trace), got {type(trace).__name__}")
+    missing = [c for c in COLUMNS if c not in trace.columns]
+    if missing:
+        raise ValueError(f"save_trace: the DataFrame is not a decode trace; missing columns {missing}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     trace.to_parquet(path, index=False)
@@ -95,5 +103,10 @@ def save_trace(trace: pd.DataFrame, path: str | Path) -> Path:
 
 
 def load_trace(path: str | Path) -> pd.DataFrame:
-    """Read a trace written by save_trace."""
-    return pd.read_parquet(path)
+    """Read a trace written by save_trace; ValueError naming the file and the missing columns if it is not one."""
+    trace = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in trace.columns]
+    if missing:
+        raise ValueError(f"{path} is not a decode trace: missing columns {missing} (a trace has {list(COLUMNS)}, "
+                         "optionally dense_commit)")
+    return trace

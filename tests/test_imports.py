@@ -88,3 +88,14 @@ def test_no_import_cycles_at_module_level():
     graph = _graph(top_level_only=True)
     for module in graph:
         assert module not in _closure(graph, module), f"{module} imports itself back at module level"
+
+
+def test_lazy_exports_are_the_functions_not_the_submodules():
+    import subprocess
+    import sys
+
+    code = ("from focuslib import DiffusionDecoder, EvalResult, evaluate, load_trace, load_model\n"
+            "import focuslib, inspect\n"
+            "assert inspect.isfunction(evaluate) and inspect.isfunction(focuslib.evaluate), focuslib.evaluate\n"
+            "assert inspect.isfunction(load_trace) and inspect.isclass(DiffusionDecoder)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
