@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.config_checks import clean_errors, plan_bench
+from .config_checks import clean_errors, plan_bench
 from focuslib import DiffusionDecoder, evaluate, load_model
 from focuslib.tasks import load_task
 

@@ -25,9 +25,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config_checks import Plan, clean_errors, plan_run
-from experiments.loggers import NullLogger
-from experiments.plots import per_task_plot
+from .config_checks import Plan, clean_errors, plan_run
+from .loggers import NullLogger
+from .plots import per_task_plot
 from focuslib import DiffusionDecoder, EvalResult, evaluate, load_model
 
 

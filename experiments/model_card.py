@@ -50,7 +50,7 @@ def decode_task(model: Any, tok: Any, task: Any, policy: str, gen_length: int, b
     from collections import Counter
 
     from focuslib import DiffusionDecoder, evaluate
-    from policies.unmasking import LowConfidence, Threshold
+    from focuslib.policies.unmasking import LowConfidence, Threshold
 
     unmasking = LowConfidence() if policy == "low_confidence" else Threshold(0.9)
     steps = gen_length if policy == "low_confidence" else None
@@ -104,7 +104,7 @@ def regime_section(model: Any, tok: Any, task: Any, gen_length: int, batch_size:
     """Markdown: regime metrics and correct-prefix rate under Threshold(0.9) on the test problems."""
     from focuslib import DiffusionDecoder, evaluate
     from focuslib.tasks import prefix_match
-    from policies.unmasking import Threshold
+    from focuslib.policies.unmasking import Threshold
 
     result = evaluate(DiffusionDecoder(model, Threshold(0.9), tokenizer=tok), task, gen_length=gen_length,
                       batch_size=batch_size, progress=False, regime=True)
@@ -298,7 +298,7 @@ def main() -> None:
     weights = f", weights={EVAL_WEIGHTS}" if args.task == "mix" else ""
     results = {"n_test": args.n_test, "gen_length": args.gen_length, "policies": policies,
                "task_call": f'load_task("{args.task}", {args.n_test}, seed="test"{weights})',
-               "summary": {k: summarize(v) for k, v in policies.items()}}
+               "summary": {k: summarize(v) for k, v in focuslib.policies.items()}}
     snaps = logged_decode_curve(one_shot_curve(run_dir))
     if not snaps and not args.skip_snapshots:
         snaps = snapshot_curve(run_dir, args.gen_length, args.n_val, args.batch_size, args.task)

@@ -64,7 +64,7 @@ def minimal_block_loop(model: Transformer, prompts: Tensor, gen_length: int, thr
 def measure(model: Transformer, prompts: Tensor, gen_length: int, repeats: int) -> dict[str, float]:
     """tokens/s of DiffusionDecoder and of the minimal loop on the same prompts (interleaved, best of repeats)."""
     from focuslib import DiffusionDecoder
-    from policies.unmasking import Threshold
+    from focuslib.policies.unmasking import Threshold
 
     decoder = DiffusionDecoder(model, Threshold(0.9), cache="block")
     ids = prompts.tolist()

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.plots import pareto_plot
+from .plots import pareto_plot
 
 METRICS = ("accuracy", "tokens_per_s", "tokens_per_step", "forward_passes", "row_layers", "n_examples", "wall_time_s")
 

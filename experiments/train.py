@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.config_checks import ConfigError, check_unknown_keys, clean_errors
+from .config_checks import ConfigError, check_unknown_keys, clean_errors
 from focuslib.training import TrainConfig, Trainer
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)

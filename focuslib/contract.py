@@ -48,6 +48,7 @@ class StepView:
     n_masked: Tensor  # [B] long, masked positions of the current block now
     active: Tensor  # [B] bool, False = sequence finished
     logit_shift: int = 0  # 1 for Dream: position p is predicted by the row at p - 1
+    last_budgeted: Tensor | None = None  # [B] bool, this is the block's last scheduled step (None: no schedule)
 
     @property
     def positions(self) -> int:
@@ -158,7 +159,8 @@ class EvictionPolicy:
     * `at_qkv(view, state, budget)` / `after_layer(view, state, budget)` -> keep mask [B, L]
       bool over view.rows (True = keep computing) or None. Rows you drop cannot be
       committed at this step. Rows outside the current block and padding rows are
-      never dropped, whatever the mask says;
+      never dropped, whatever the mask says, and nothing is dropped at a block's last
+      scheduled step (`StepView.last_budgeted`: a schedule must finish its block);
     * `after_step(commit, state)` -> see what was committed (e.g. remember confidences);
     * `runner(state)` -> a LayerRunner that replaces the plain layer (at most one per stack);
     * `check(cfg)` -> raise ValueError for a model the policy cannot serve.

@@ -32,8 +32,8 @@ from focuslib.layer import DenseRunner
 from focuslib.model import Transformer
 from focuslib.rows import Rows
 from focuslib.trace import TraceRecorder
-from kernels import gather_rows
-from policies.unmasking import POLICIES, StepContext, UnmaskingPolicy
+from focuslib.kernels import gather_rows
+from focuslib.policies.unmasking import POLICIES, StepContext, UnmaskingPolicy
 
 NOT_COMMITTED = -1
 
@@ -138,7 +138,7 @@ class DiffusionDecoder:
 
     Example (tiny random model, token ids in and out):
         >>> from focuslib.testing import tiny_model
-        >>> from policies.unmasking import Threshold
+        >>> from focuslib.policies.unmasking import Threshold
         >>> model = tiny_model("sdar")
         >>> out = DiffusionDecoder(model, Threshold(0.9)).generate([[3, 4, 5]], gen_length=8)
         >>> len(out.sequences[0]) <= 8
@@ -151,7 +151,7 @@ class DiffusionDecoder:
                  allow_unk: bool = False) -> None:
         cfg = model.cfg
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
-        self.unmasking = self._unmasking_policy(unmasking)  # a policy object, or a name of policies.unmasking.POLICIES
+        self.unmasking = self._unmasking_policy(unmasking)  # a policy object, or a name of focuslib.policies.unmasking.POLICIES
         self.allow_unk = allow_unk  # True: string prompts may hold characters the tokenizer maps to its unknown token
         self.cache_name = cache or ("block" if cfg.block_diffusion else "none")
         self.cache_class = cache_mode_class(cfg.attention, self.cache_name)
@@ -181,8 +181,8 @@ class DiffusionDecoder:
         masks are committed at its last step). On the absolute block grid of block-diffusion
         families a prompt ending mid-block makes its generation touch one block more, which
         gets the same per-block budget. Every step commits at least one token, so
-        `steps > gen_length` finishes in gen_length steps. With an eviction policy, rows
-        evicted at a block's last budgeted step commit at the next one.
+        `steps > gen_length` finishes in gen_length steps. Eviction never drops a row at a
+        block's last budgeted step, so schedules keep their step budget with eviction too.
         dense_labels (with trace=True): every step is first run without eviction (untimed
         in the statistics, on a copy of the caches) and the trace gains `dense_commit`: the
         row would have been committed at this step without eviction. Eviction's misses
@@ -221,7 +221,7 @@ class DiffusionDecoder:
         rows = Rows.from_mask(need)
         reusable = call.mode.reusable(view) & ~need  # K/V of positions not computed at this step
         masked_block = view.in_block & ~view.decoded & active[:, None]  # [B, T] True = may be committed
-        step = self._step_view(state, masked_block, call.stats.steps)
+        step = self._step_view(state, masked_block, call.stats.steps, call.steps_per_block)
         block_pos, in_range = step.block_slots()
         masked = masked_block.gather(1, block_pos) & in_range  # [B, S]
         ctx = StepContext(step=state.step_in_block, steps_per_block=call.steps_per_block,
@@ -283,12 +283,14 @@ class DiffusionDecoder:
             in_finished_block=state.block_id < cur,
         )
 
-    def _step_view(self, state: DecodeState, masked_block: Tensor, index: int) -> StepView:
+    def _step_view(self, state: DecodeState, masked_block: Tensor, index: int,
+                   steps_per_block: int | None) -> StepView:
         """The frozen view of this step that policies receive."""
+        last = None if steps_per_block is None else state.step_in_block >= steps_per_block - 1
         return StepView(step=index, tokens=state.x, mask_id=self.cfg.mask_id, prompt_len=state.prompt_len,
                         block_start=self._block_start(state), span=state.span, step_in_block=state.step_in_block,
                         masked_at_block_start=state.masked_at_block_start, n_masked=masked_block.sum(1),
-                        active=~state.done, logit_shift=int(self.cfg.logit_shift))
+                        active=~state.done, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
 
     def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
                     masked_block: Tensor, evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView]]:
@@ -338,8 +340,10 @@ class DiffusionDecoder:
         """Compact rows (and their hidden states, queries, keys) to the kept ones; rebuild the attention mask.
 
         Visible keys afterwards: "hidden" -- the cache mode's reusable positions and the kept
-        rows; "stale" (FOCUS) -- every position visible at the step's start, except the
-        current block's positions right of its right-most kept row.
+        rows; "stale" (FOCUS) -- every position visible at the step's start, except this
+        step's rows of the current block right of its right-most kept row. (Cached K/V the
+        mode lets the step reuse stays visible; under FOCUS's own delayed cache none lies
+        right of the step's last row.)
         """
         t = masked_block.shape[1]
         rows, index = rows.select(keep)  # index [B, L'] into the old rows
@@ -349,7 +353,9 @@ class DiffusionDecoder:
             in_block = step.in_block(rows.pos) & rows.valid
             rightmost = torch.where(in_block, rows.pos, -1).amax(1, keepdim=True)  # [B, 1]
             pos = torch.arange(t, device=rows.pos.device)[None, :]
-            visible = keys.at_start & ~(step.in_block(pos.expand(rows.pos.shape[0], t)) & (pos > rightmost))
+            # hide this step's rows right of the right-most kept one; cached K/V the mode reuses stays visible
+            hidden = step.in_block(pos.expand(rows.pos.shape[0], t)) & (pos > rightmost) & ~keys.reusable
+            visible = keys.at_start & ~hidden
         else:
             visible = keys.reusable | rows.as_mask(t)
         mask = self._attention_mask(rows, visible)
@@ -441,19 +447,19 @@ class DiffusionDecoder:
 
     @staticmethod
     def _unmasking_policy(unmasking: Any) -> UnmaskingPolicy:
-        """The policy object: `unmasking` itself, or a registered name of policies.unmasking.POLICIES built with
+        """The policy object: `unmasking` itself, or a registered name of focuslib.policies.unmasking.POLICIES built with
         its defaults ("threshold" -> Threshold())."""
         names = ", ".join(POLICIES)
         if isinstance(unmasking, str):
             if unmasking not in POLICIES:
                 raise ValueError(f"unknown unmasking policy {unmasking!r}; registered names: {names} "
-                                 "(or pass a policy object, e.g. policies.unmasking.Threshold(0.9))")
+                                 "(or pass a policy object, e.g. focuslib.policies.unmasking.Threshold(0.9))")
             return POLICIES[unmasking]()
         if isinstance(unmasking, type) and issubclass(unmasking, UnmaskingPolicy):
             raise TypeError(f"unmasking: pass an instance, {unmasking.__name__}(), not the class")
         if not isinstance(unmasking, UnmaskingPolicy):
             classes = ", ".join(c.__name__ for c in dict.fromkeys(POLICIES.values()))
-            raise TypeError(f"unmasking must be an unmasking policy object (policies.unmasking: {classes}) or a "
+            raise TypeError(f"unmasking must be an unmasking policy object (focuslib.policies.unmasking: {classes}) or a "
                             f"registered name ({names}); got {unmasking!r} ({type(unmasking).__name__})")
         return unmasking
 

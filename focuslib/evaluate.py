@@ -2,7 +2,7 @@
 
     >>> from focuslib import DiffusionDecoder, evaluate, load_model
     >>> from focuslib.tasks import load_task
-    >>> from policies.unmasking import Threshold
+    >>> from focuslib.policies.unmasking import Threshold
     >>> model, tok = load_model("tiny-sdar")
     >>> result = evaluate(DiffusionDecoder(model, Threshold(0.9), tokenizer=tok), load_task("mix", 8), gen_length=16)
     >>> 0.0 <= result.accuracy <= 1.0

@@ -2,8 +2,9 @@
 
 All policies of a stack see the same rows at each eviction point and their keep masks
 are ANDed; rows dropped at one point are gone for every policy afterwards. The decoder
-enforces two invariants whatever a policy returns: rows outside the current block and
-padding rows are kept, and a keep mask has the rows' shape [B, L] and dtype bool.
+enforces three invariants whatever a policy returns: rows outside the current block and
+padding rows are kept, nothing is evicted at a block's last scheduled step (so a schedule
+finishes its blocks on time), and a keep mask has the rows' shape [B, L] and dtype bool.
 
 Shapes: B batch, L rows, T positions.
 """
@@ -108,7 +109,10 @@ class EvictionStack:
             keep = mask if keep is None else keep & mask
         if keep is None:
             return None
-        return keep | ~view.step.in_block(view.rows.pos) | ~view.rows.valid
+        keep = keep | ~view.step.in_block(view.rows.pos) | ~view.rows.valid
+        if view.step.last_budgeted is not None:  # a schedule's last step commits the whole block
+            keep = keep | view.step.last_budgeted[:, None]
+        return keep
 
     def after_step(self, commit: CommitView, st: StackState) -> None:
         for p, state in zip(self.policies, st.states):

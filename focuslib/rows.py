@@ -12,7 +12,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from kernels.compaction import compact_rows, gather_rows
+from focuslib.kernels.compaction import compact_rows, gather_rows
 
 
 class RowPacker:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from focuslib.contract import LayerView
-from kernels import masked_importance
+from focuslib.kernels import masked_importance
 
 if TYPE_CHECKING:
     from focuslib.decoder import DecodeState

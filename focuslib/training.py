@@ -529,7 +529,7 @@ class Trainer:
         from focuslib.decoder import DiffusionDecoder
         from focuslib.evaluate import evaluate
         from focuslib.tasks import Task, prefix_match
-        from policies.unmasking import Threshold
+        from focuslib.policies.unmasking import Threshold
 
         n = min(self.cfg.val_decode, len(self.val_task))
         task = Task(self.val_task.name, self.val_task.dataset.select(range(n)), self.val_task.scorer)

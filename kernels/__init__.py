@@ -7,7 +7,7 @@ function. The dispatch runs Triton when the tensors are on CUDA, or whenever the
 environment variable ``FOCUSLIB_FORCE_TRITON=1`` is set (tests run it that way on
 CPU tensors under ``TRITON_INTERPRET=1``); otherwise it runs the reference.
 
-Triton is imported guarded so that ``import kernels`` works without it:
+Triton is imported guarded so that ``import focuslib.kernels`` works without it:
 ``TRITON_AVAILABLE`` says whether it imported and ``TRITON_IMPORT_ERROR`` keeps the
 reason when it did not. Without Triton, CUDA tensors fall back to the reference (with
 a one-time warning), but a *forced* Triton call raises instead of quietly using the
@@ -89,7 +89,7 @@ def check_launchable(kernel: Any, tensor: torch.Tensor) -> None:
     if type(kernel).__name__ != "InterpretedFunction":
         raise RuntimeError(
             "Triton kernel called on CPU tensors but it was not built in interpreter "
-            "mode: set TRITON_INTERPRET=1 before the first `import kernels`"
+            "mode: set TRITON_INTERPRET=1 before the first `import focuslib.kernels`"
         )
 
 

@@ -1,7 +1,7 @@
 """Eviction policies: which rows keep being computed through the layers of a step.
 
 * `RankingEviction` -- FOCUS's keep rule (gate / top-K under a budget, adjacency, progress
-  mark; `kernels.focus_select`) over a pluggable row score (`SCORES`): the importance delta
+  mark; `focuslib.kernels.focus_select`) over a pluggable row score (`SCORES`): the importance delta
   between layers 0 and `layer` (FOCUS), layer importance alone, stale confidence,
   position, random, or an oracle. Swapping only the score answers "does importance matter?".
 * `Focus`  -- `RankingEviction` with the importance-delta score: FOCUS as its authors' code
@@ -30,7 +30,7 @@ from focuslib.contract import (
 )
 from focuslib.layer import attend_rows, finish_rows, project_rows
 from focuslib.rows import RowPacker, Rows
-from kernels import compact_rows, dyllm_update_and_cosine, focus_select, gather_rows, masked_importance
+from focuslib.kernels import compact_rows, dyllm_update_and_cosine, focus_select, gather_rows, masked_importance
 
 if TYPE_CHECKING:
     from focuslib.model import ModelConfig
@@ -211,7 +211,7 @@ class RankingEviction(EvictionPolicy):
     """Keep the block's masked rows that a score ranks highest; the rest skip the remaining layers.
 
     At layer `layer` every still-masked row of the current block gets a score; with budget
-    K [B] from the budget policy, `kernels.focus_select` keeps (if |M| > K) the rows at or
+    K [B] from the budget policy, `focuslib.kernels.focus_select` keeps (if |M| > K) the rows at or
     above mean + std of the scores when there are at least K of them, else the top K, plus
     the left neighbour of each kept row, plus -- progress rule -- evicted rows left of the
     right-most kept row that no earlier step of the block computed. Unmasked rows and rows
@@ -499,10 +499,10 @@ class Stack:
     """Several eviction policies applied in order (what `eviction=[Focus(), DyLLM()]` means).
 
     Exists so one Hydra config can name a stack:
-        _target_: policies.eviction.Stack
+        _target_: focuslib.policies.eviction.Stack
         policies:
-          - {_target_: policies.eviction.Focus, layer: 1, window: 3}
-          - {_target_: policies.eviction.DyLLM, tau: 0.99}
+          - {_target_: focuslib.policies.eviction.Focus, layer: 1, window: 3}
+          - {_target_: focuslib.policies.eviction.DyLLM, tau: 0.99}
     """
 
     def __init__(self, policies: Sequence[EvictionPolicy]) -> None:

@@ -31,8 +31,8 @@ CASES = [
 
 def decode_case(case: tuple) -> list[list[int]]:
     """Raw generation-region token ids of one golden case (no EOS stop, so every position is pinned)."""
-    import policies.eviction as eviction
-    import policies.unmasking as unmasking
+    import focuslib.policies.eviction as eviction
+    import focuslib.policies.unmasking as unmasking
     from focuslib import DiffusionDecoder, load_model
     from focuslib.tasks import load_task
 

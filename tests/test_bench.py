@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from experiments.bench import add_ratios, markdown_table
+from focuslib.experiments.bench import add_ratios, markdown_table
 
 
 def test_ratios_are_relative_to_dense_of_the_same_batch_size():

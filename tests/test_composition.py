@@ -15,9 +15,9 @@ import torch
 
 from focuslib.decoder import DiffusionDecoder
 from focuslib.testing import TINY_MASK, tiny_model
-from policies.budget import FixedBudget, FocusBudget
-from policies.eviction import DyLLM, Focus
-from policies.unmasking import POLICIES
+from focuslib.policies.budget import FixedBudget, FocusBudget
+from focuslib.policies.eviction import DyLLM, Focus
+from focuslib.policies.unmasking import POLICIES
 
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16]]
 GEN = 8

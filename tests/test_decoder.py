@@ -16,7 +16,7 @@ import torch
 
 from focuslib.decoder import DiffusionDecoder
 from focuslib.testing import TINY_EOS, TINY_MASK, scramble_parameters, tiny_char_tokenizer, tiny_model
-from policies.unmasking import LowConfidence, Threshold
+from focuslib.policies.unmasking import LowConfidence, Threshold
 
 FAMILIES = ("llada", "dream", "sdar", "llada2")
 FULL = ("llada", "dream")

@@ -80,7 +80,7 @@ def external_package(tmp_path, monkeypatch):
 def test_hydra_routes_of_the_guide(external_package):
     from hydra import compose, initialize_config_dir
 
-    from experiments.config_checks import plan_run
+    from focuslib.experiments.config_checks import plan_run
     from focuslib import DiffusionDecoder
     from focuslib.testing import tiny_model
 

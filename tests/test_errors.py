@@ -21,8 +21,8 @@ from focuslib import DiffusionDecoder, load_model, load_trace, save_trace
 from focuslib.loading import CheckpointError, read_config, save_checkpoint
 from focuslib.testing import TINY_VOCAB, tiny_char_tokenizer, tiny_model, write_tiny_checkpoint
 from focuslib.trace import COLUMNS
-from policies.budget import FixedBudget, FocusBudget
-from policies.unmasking import POLICIES, LowConfidence, Threshold
+from focuslib.policies.budget import FixedBudget, FocusBudget
+from focuslib.policies.unmasking import POLICIES, LowConfidence, Threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -243,7 +243,7 @@ def test_unmasking_by_registered_name():
 
 @pytest.mark.parametrize("unmasking,error,match", [
     ("thresold", ValueError, r"unknown unmasking policy 'thresold'; registered names: low_confidence, .*threshold"),
-    (None, TypeError, r"unmasking must be an unmasking policy object \(policies.unmasking: LowConfidence, .*Threshold"),
+    (None, TypeError, r"unmasking must be an unmasking policy object \(focuslib.policies.unmasking: LowConfidence, .*Threshold"),
     (0.9, TypeError, r"unmasking must be an unmasking policy object .* got 0.9 \(float\)"),
     (Threshold, TypeError, r"unmasking: pass an instance, Threshold\(\), not the class"),
 ])
@@ -282,14 +282,14 @@ def test_trace_round_trip_with_the_optional_dense_commit(tmp_path):
 
 
 def compose_decode(overrides: list[str]):
-    import experiments.config_checks  # noqa: F401  (registers decode_schema)
+    import focuslib.experiments.config_checks  # noqa: F401  (registers decode_schema)
 
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return compose("config", overrides=["task.n=4", "progress=false", *overrides])
 
 
 def config_problems(overrides: list[str]) -> str:
-    from experiments.config_checks import ConfigError, plan_run
+    from focuslib.experiments.config_checks import ConfigError, plan_run
 
     with pytest.raises(ConfigError) as err:
         plan_run(compose_decode(overrides))
@@ -354,7 +354,7 @@ def _hydra_exits_cleanly(capsys, monkeypatch, main, cfg, *expected: str) -> str:
     """`main(cfg)` run the way @hydra.main runs an app (Hydra's own top-level error report)."""
     import hydra._internal.utils as hydra_utils
 
-    from experiments.config_checks import AppError
+    from focuslib.experiments.config_checks import AppError
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(hydra_utils, "is_under_debugger", lambda: False)  # coverage's tracer looks like one
@@ -364,7 +364,7 @@ def _hydra_exits_cleanly(capsys, monkeypatch, main, cfg, *expected: str) -> str:
 
 
 def test_decode_app_prints_the_config_error_alone(capsys, monkeypatch):
-    from experiments import decode
+    from focuslib.experiments import decode
 
     _hydra_exits_cleanly(capsys, monkeypatch, decode.main, compose_decode(["+foo=1", "check_only=true"]),
                          "error: invalid config:", "foo: unknown key")
@@ -373,7 +373,7 @@ def test_decode_app_prints_the_config_error_alone(capsys, monkeypatch):
 
 
 def test_decode_app_prints_checkpoint_errors_alone(capsys, monkeypatch, sdar_ckpt):
-    from experiments import decode
+    from focuslib.experiments import decode
 
     file = sdar_ckpt / "model.safetensors"
     file.write_bytes(file.read_bytes()[:100])
@@ -393,8 +393,8 @@ class _FakeHydra:
 
 
 def test_hydra_full_error_keeps_the_original_error(monkeypatch):
-    from experiments import decode
-    from experiments.config_checks import ConfigError
+    from focuslib.experiments import decode
+    from focuslib.experiments.config_checks import ConfigError
 
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ConfigError, match="foo: unknown key"):
@@ -402,7 +402,7 @@ def test_hydra_full_error_keeps_the_original_error(monkeypatch):
 
 
 def test_bench_app_prints_the_config_error_alone(capsys, monkeypatch):
-    from experiments import bench
+    from focuslib.experiments import bench
 
     for overrides, expected in ((["unmasking.threshold=1.5", "stacks.focus.budget.alpha=-1"],
                                  ["unmasking.threshold must lie in (0.0, 1.0], got 1.5",
@@ -416,7 +416,7 @@ def test_bench_app_prints_the_config_error_alone(capsys, monkeypatch):
 
 
 def test_train_app_prints_the_config_error_alone(capsys, monkeypatch, tmp_path):
-    from experiments import train
+    from focuslib.experiments import train
 
     for overrides, expected in ((["+foo=1"], "foo: unknown key"),
                                 (["model.family=dream"], "training supports families 'llada' and 'sdar', got 'dream'")):
@@ -455,7 +455,7 @@ def broken_sweep(tmp_path: Path) -> Path:
 
 
 def test_report_names_corrupt_files_and_lists_failed_points(broken_sweep):
-    from experiments.report import scan_runs, write_report
+    from focuslib.experiments.report import scan_runs, write_report
 
     runs = scan_runs(broken_sweep)
     assert list(runs.table["run"]) == ["0", "1"] and list(runs.table["cache"]) == ["block", "delayed"]
@@ -474,7 +474,7 @@ def test_report_names_corrupt_files_and_lists_failed_points(broken_sweep):
 
 
 def test_report_app_warns_on_stderr(broken_sweep, capsys):
-    from experiments import report
+    from focuslib.experiments import report
 
     report.main([str(broken_sweep)])
     out, err = capsys.readouterr()
@@ -483,7 +483,7 @@ def test_report_app_warns_on_stderr(broken_sweep, capsys):
 
 
 def test_report_app_errors_print_the_message_alone(tmp_path, capsys):
-    from experiments import report
+    from focuslib.experiments import report
 
     _exits_cleanly(capsys, lambda: report.main([str(tmp_path / "nowhere")]), "nowhere is not a directory")
     (tmp_path / "0").mkdir()

@@ -5,7 +5,7 @@ import pytest
 
 from focuslib import DiffusionDecoder, evaluate, load_model
 from focuslib.tasks import load_task
-from policies.unmasking import LowConfidence, Threshold
+from focuslib.policies.unmasking import LowConfidence, Threshold
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from focuslib.decoder import DiffusionDecoder
 from focuslib.contract import EvictionPolicy, LayerView, StepView
 from focuslib.rows import Rows
 from focuslib.testing import TINY_MASK, tiny_model
-from policies.budget import FixedBudget, FocusBudget
-from policies.eviction import DyLLM, Focus, RankingEviction, RowScore, Stack
-from policies.unmasking import LowConfidence, Threshold
+from focuslib.policies.budget import FixedBudget, FocusBudget
+from focuslib.policies.eviction import DyLLM, Focus, RankingEviction, RowScore, Stack
+from focuslib.policies.unmasking import LowConfidence, Threshold
 
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16, 17]]
 CASES = [("llada", "none", 8), ("llada", "dual", 8), ("dream", "prefix", 8), ("sdar", "block", None),

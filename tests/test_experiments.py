@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from experiments.config_checks import ConfigError, keyed, plan_run
-from experiments.report import load_runs, pareto_front, write_report
+from focuslib.experiments.config_checks import ConfigError, keyed, plan_run
+from focuslib.experiments.report import load_runs, pareto_front, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -66,7 +66,7 @@ def test_every_option_composes(group, option):
     cfg = compose_cfg([f"{group}={option}"])
     assert OmegaConf.select(cfg, "gen_length") >= 1
     if group == "unmasking":
-        assert cfg.unmasking._target_.startswith("policies.")
+        assert cfg.unmasking._target_.startswith("focuslib.policies.")
     if group == "model":  # real checkpoints leave the path to the user
         assert OmegaConf.is_missing(cfg.model, "path") == (option in REAL_MODELS)
     if group == "task":
@@ -215,7 +215,7 @@ def test_ranking_eviction_without_budget_is_rejected(eviction):
 
 
 def test_eviction_stacks_build_as_one_policy_list():
-    from experiments.config_checks import _as_list
+    from focuslib.experiments.config_checks import _as_list
 
     assert _as_list(None) == [] and _as_list("p") == ["p"]
     assert _as_list(["a", ["b", None]]) == ["a", "b"] and _as_list({"x": "a", "y": ["b"]}) == ["a", "b"]
@@ -280,7 +280,7 @@ def test_report_of_empty_dir_fails_clearly(tmp_path):
 def test_evaluate_reports_running_metrics_after_each_batch():
     from focuslib import DiffusionDecoder, evaluate, load_model
     from focuslib.tasks import load_task
-    from policies.unmasking import Threshold
+    from focuslib.policies.unmasking import Threshold
 
     model, tok = load_model("tiny-sdar")
     seen: list[dict[str, float]] = []

@@ -14,9 +14,9 @@ import pytest
 
 from focuslib import DiffusionDecoder, load_model
 from focuslib.tasks import load_task
-from policies.budget import FixedBudget, FocusBudget
-from policies.eviction import Focus
-from policies.unmasking import LowConfidence, Threshold
+from focuslib.policies.budget import FixedBudget, FocusBudget
+from focuslib.policies.eviction import Focus
+from focuslib.policies.unmasking import LowConfidence, Threshold
 
 DATA = json.loads((Path(__file__).parent / "data" / "focus_legacy_tokens.json").read_text())["cases"]
 LEGACY = dict(eviction_point="output", evicted_keys="hidden", progress_rule="fill", gate_std="sample",

@@ -1,4 +1,4 @@
-"""kernels.selection.focus_select_reference against an independent port of the FOCUS rule.
+"""focuslib.kernels.selection.focus_select_reference against an independent port of the FOCUS rule.
 
 The port below (`port_select`) is written from the rule as the FOCUS authors implement
 it (github.com/sands-lab/FOCUS): ``_focus_select_enforce_ragged_kernel`` in
@@ -31,7 +31,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from kernels import selection
+from focuslib.kernels import selection
 
 T, F = True, False
 

@@ -28,9 +28,9 @@ import torch
 from focuslib.decoder import DiffusionDecoder
 from focuslib.layer import DenseRunner
 from focuslib.testing import scramble_parameters, tiny_model
-from policies.budget import FixedBudget, FocusBudget
-from policies.eviction import Focus
-from policies.unmasking import Threshold
+from focuslib.policies.budget import FixedBudget, FocusBudget
+from focuslib.policies.eviction import Focus
+from focuslib.policies.unmasking import Threshold
 
 from tests.focus_replay_reference import BudgetSpec, StepRecord, keep_rule, replay
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import compaction, dyllm, importance, selection
+import focuslib.kernels as kernels
+from focuslib.kernels import compaction, dyllm, importance, selection
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ import focuslib.layer as layer_mod
 from focuslib.cache import BlockView, DelayedCache
 from focuslib.decoder import DiffusionDecoder
 from focuslib.testing import TINY_MASK, tiny_model
-from kernels import masked_importance
-from policies.budget import FixedBudget, FocusBudget
-from policies.eviction import SCORES, Focus, LayerImportance, RankingEviction
-from policies.unmasking import Threshold
+from focuslib.kernels import masked_importance
+from focuslib.policies.budget import FixedBudget, FocusBudget
+from focuslib.policies.eviction import SCORES, Focus, LayerImportance, RankingEviction
+from focuslib.policies.unmasking import Threshold
 
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16]]
 

@@ -9,9 +9,9 @@ import torch
 
 from focuslib.decoder import DiffusionDecoder
 from focuslib.testing import tiny_model
-from policies.budget import FocusBudget
-from policies.eviction import DyLLM, Focus, RankingEviction
-from policies.unmasking import Threshold
+from focuslib.policies.budget import FocusBudget
+from focuslib.policies.eviction import DyLLM, Focus, RankingEviction
+from focuslib.policies.unmasking import Threshold
 
 STACKS = {
     "none": (None, None),

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.bench import REGIME_COLUMNS, add_ratios, add_regime_bound, markdown_table
+from focuslib.experiments.bench import REGIME_COLUMNS, add_ratios, add_regime_bound, markdown_table
 from focuslib import DiffusionDecoder, evaluate
 from focuslib.regime import RegimeStats, regime_stats, regime_stats_by_group
 from focuslib.tasks import load_task
 from focuslib.testing import tiny_char_tokenizer, tiny_model
-from policies.unmasking import Threshold
+from focuslib.policies.unmasking import Threshold
 
 # Two sequences, 4-slot blocks, steps 0-2: (step, seq, block, position, confidence, committed)
 #   seq 0, block 0: step 0 commits 2 of 4, step 1 commits 1 of 2, step 2 commits 1 of 1

@@ -446,7 +446,7 @@ def _kernel_decode(seed: int, k: int, gate_std: str, progress_rule: str, n_seq: 
     (absolute positions, one row per masked slot and step) whose `kept` is the kernel's keep.
     """
     import torch
-    from kernels.selection import focus_select_reference
+    from focuslib.kernels.selection import focus_select_reference
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -478,9 +478,9 @@ def _kernel_decode(seed: int, k: int, gate_std: str, progress_rule: str, n_seq: 
 def test_focus_keep_mask_matches_kernel_reference():
     torch = pytest.importorskip("torch")
     try:
-        from kernels.selection import focus_select_reference
+        from focuslib.kernels.selection import focus_select_reference
     except ImportError as err:  # pragma: no cover - kernels are another module's job
-        pytest.skip(f"kernels.selection unavailable: {err}")
+        pytest.skip(f"focuslib.kernels.selection unavailable: {err}")
     rng = np.random.default_rng(12)
     b, s = 256, 16
     delta = rng.normal(size=(b, s)).astype(np.float32)
@@ -511,7 +511,7 @@ def test_focus_keep_mask_matches_kernel_reference():
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_simulate_keep_carries_mark_like_the_kernel(k):
     pytest.importorskip("torch")
-    pytest.importorskip("kernels.selection")
+    pytest.importorskip("focuslib.kernels.selection")
     for gate_std, rule in (("population", "mark"), ("sample", "fill")):
         trace = _kernel_decode(seed=20 + k, k=k, gate_std=gate_std, progress_rule=rule)
         assert trace.groupby(["seq", "block"])["step"].nunique().max() >= 3  # several steps per block

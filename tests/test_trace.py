@@ -8,9 +8,9 @@ import pytest
 from focuslib import load_trace, save_trace
 from focuslib.decoder import DiffusionDecoder
 from focuslib.testing import TINY_MASK, tiny_model
-from policies.budget import FixedBudget
-from policies.eviction import Focus
-from policies.unmasking import Threshold
+from focuslib.policies.budget import FixedBudget
+from focuslib.policies.eviction import Focus
+from focuslib.policies.unmasking import Threshold
 
 COLUMNS = ["step", "seq", "block", "position", "imp0", "imp1", "delta", "score", "kept", "confidence", "committed",
            "committed_step"]
@@ -84,7 +84,7 @@ def test_trace_without_ranking_policy_has_no_score():
 
 def test_trace_with_dyllm_stack():
     """Importances come from the q/k the layer runner returns (cached rows included)."""
-    from policies.eviction import DyLLM
+    from focuslib.policies.eviction import DyLLM
 
     df = _run("llada", [Focus(), DyLLM()], FixedBudget(count=2), cache="none", block=4).trace
     assert list(df.columns) == COLUMNS

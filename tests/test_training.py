@@ -200,7 +200,7 @@ def test_tiny_training_run_exports_loadable_checkpoint(tmp_path, family):
     assert any(r.get("event") == "val" for r in records)
 
     decoder_mod = pytest.importorskip("focuslib.decoder")
-    from policies.unmasking import LowConfidence
+    from focuslib.policies.unmasking import LowConfidence
 
     out = decoder_mod.DiffusionDecoder(model, LowConfidence(), tokenizer=tok).generate(["3+4="], gen_length=8, steps=8)
     assert len(out.sequences) == 1 and len(out.sequences[0]) <= 8 and isinstance(out.text[0], str)
@@ -240,7 +240,7 @@ def test_hydra_presets_compose():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import experiments.train  # noqa: F401  (registers train_schema)
+    import focuslib.experiments.train  # noqa: F401  (registers train_schema)
 
     conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
     for preset, family in (("tiny_llada", "llada"), ("tiny_sdar", "sdar"), ("tiny_sdar_b32", "sdar")):

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from policies.unmasking import (
+from focuslib.policies.unmasking import (
     POLICIES,
     EBSampler,
     Entropy,

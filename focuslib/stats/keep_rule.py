@@ -1,6 +1,6 @@
 """The FOCUS keep rule replayed offline on traces, and observed / simulated miss rates.
 
-The rule is the decoder's (`kernels.selection.focus_select_reference`; docs/design.md,
+The rule is the decoder's (`focuslib.kernels.selection.focus_select_reference`; docs/design.md,
 "FOCUS" section). With budget K, the step's masked rows M (one sequence, current block)
 and delta = importance at layer 1 minus layer 0:
   a. |M| <= K: keep all;
@@ -86,7 +86,7 @@ def sample_std(gate_std: str = "population", ddof: int | None = None) -> bool:
 
 
 def gate_mask(delta: np.ndarray, sample: bool = False) -> np.ndarray:
-    """delta >= mean + std along the last axis, decided as the kernel does (`kernels.selection._gate`).
+    """delta >= mean + std along the last axis, decided as the kernel does (`focuslib.kernels.selection._gate`).
 
     With u = n d - sum(d) = n (d - mean): d >= mean + std  <=>  u >= 0 and c u^2 >= sum(u^2),
     c = n (population std) or max(n - 1, 1) (sample std). In float64 without sqrt this is

@@ -11,7 +11,7 @@ import pandas as pd
 
 STEP_KEYS = ["seq", "step"]  # one FOCUS decision (the set M of one sequence at one step)
 BLOCK_KEYS = ["seq", "block"]
-BUDGET_EPS = 1e-6  # same epsilon as policies.budget.FocusBudget: ceil(1.5 * 2) == 3 despite rounding
+BUDGET_EPS = 1e-6  # same epsilon as focuslib.policies.budget.FocusBudget: ceil(1.5 * 2) == 3 despite rounding
 
 
 def group_keys(by: str) -> list[str]:

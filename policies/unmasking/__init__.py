@@ -1,7 +1,7 @@
 """Unmasking policies: which masked rows of the current block get their token at a step.
 
 Config names (conf/unmasking/<name>.yaml) map to classes through `POLICIES`; Hydra finds
-them by `_target_: policies.unmasking.<Class>`.
+them by `_target_: focuslib.policies.unmasking.<Class>`.
 """
 
 from .adaptive import EBSampler, Factor, Threshold
