@@ -1,7 +1,7 @@
 """What the decoder's generality costs: DiffusionDecoder (no eviction) against a minimal hand-written loop.
 
     python -m experiments.overhead                     # bundled tiny-sdar, batch 1 and 32
-    python -m experiments.overhead --model tiny-sdar-b32 --gen-length 64 --batch-sizes 1 32
+    python -m experiments.overhead --model tiny-sdar-b32 --task long_mix --gen-length 64
 
 The minimal loop is what a researcher would write for one setting only: block diffusion,
 the exact block cache, Threshold(0.9), equal-length prompts, no EOS stop. It does the same
@@ -86,6 +86,7 @@ def measure(model: Transformer, prompts: Tensor, gen_length: int, repeats: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-sdar")
+    ap.add_argument("--task", default="mix", help="prompts: the most common prompt length of this task's test split")
     ap.add_argument("--gen-length", type=int, default=16)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--repeats", type=int, default=5)
@@ -96,7 +97,11 @@ def main() -> None:
     from focuslib.tasks import load_task
 
     model, tok = load_model(args.model)
-    prompts = [p for p in load_task("mix", 512, seed="test").prompts if len(p) == 8][:max(args.batch_sizes)]
+    from collections import Counter
+
+    pool = load_task(args.task, 512, seed="test").prompts
+    length = Counter(map(len, pool)).most_common(1)[0][0]  # the minimal loop takes equal-length prompts
+    prompts = [p for p in pool if len(p) == length][:max(args.batch_sizes)]
     ids = torch.tensor([tok.encode(p, add_special_tokens=False) for p in prompts])
     print("| batch | decoder tokens/s | minimal loop tokens/s | decoder / minimal |\n|---|---|---|---|")
     for b in args.batch_sizes:
