@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
         decoder = DiffusionDecoder(model, unmasking, eviction, budget, block_size=cfg.block_size,
                                    cache=cfg.cache.mode,
                                    cache_options=OmegaConf.to_container(cfg.cache.get("options", {})), tokenizer=tok)
-        tqdm.write(f"batch {batch_size:>3}  {name}")
+        tqdm.write(f"batch {batch_size:>3}  {name}", file=sys.stderr)  # progress: stdout is the table
         row = {"stack": name, **time_cell(decoder, task, cfg, batch_size)}
         if cfg.get("regime", True) and name == "dense":
             row.update(regime_cell(decoder, task, cfg, batch_size))
@@ -187,26 +188,52 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, *lines])
 
 
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"), ("X", "-."), ("*", ":")]
+
+
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Six panels against batch size, one line per stack (bench.png); matplotlib is imported only here."""
+    """Six panels against batch size, one line per stack (bench.png); matplotlib is imported only here.
+
+    Every panel has its legend; each stack has its own marker and line style and a slight x offset (the
+    batch-size axis is logarithmic: a fixed factor), so stacks with identical values (e.g. forward passes of
+    dense and DyLLM) stay visible side by side. Accuracy is drawn on 0-100%, so a 2-point gap looks like one.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = [("tokens_per_s", "tokens/s"), ("speedup", "speedup over dense"), ("forward_passes", "forward passes"),
               ("row_layers", "row-layers computed"), ("tokens_per_step", "tokens committed / step"),
               ("accuracy", "accuracy")]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    stacks = list(dict.fromkeys(r["stack"] for r in rows))
+    jitter = {s: 2 ** (0.06 * (k - (len(stacks) - 1) / 2)) for k, s in enumerate(stacks)}  # x factor per stack
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (key, label) in zip(axes.flat, panels):
-        for stack in dict.fromkeys(r["stack"] for r in rows):
+        for k, stack in enumerate(stacks):
             mine = [r for r in rows if r["stack"] == stack]
-            ax.plot([r["batch_size"] for r in mine], [r[key] for r in mine], marker="o", label=stack)
+            marker, line = STYLES[k % len(STYLES)]
+            ax.plot([r["batch_size"] * jitter[stack] for r in mine], [r[key] for r in mine], marker=marker,
+                    linestyle=line, markersize=6, alpha=0.85, label=stack)
         ax.set_xscale("log", base=2)
+        sizes = sorted({r["batch_size"] for r in rows})
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+        if key == "speedup":
+            ax.axhline(1.0, color="0.4", linewidth=0.8, zorder=0)
+        if key == "accuracy":
+            ax.set_ylim(0, 1.02)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        else:  # counts and rates from zero, so ratios between stacks read as drawn; the top third for the legend
+            top = max((r[key] for r in rows if r[key] is not None), default=1.0)
+            ax.set_ylim(0, 1.5 * top if top > 0 else 1.0)
+        ax.legend(fontsize=7, ncol=1 if len(stacks) <= 4 else 2, loc="lower center" if key == "accuracy" else
+                  "upper center")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -222,10 +249,10 @@ def main(cfg: DictConfig) -> None:
     (out / "bench.json").write_text(json.dumps(rows, indent=2))
     table = markdown_table(rows)
     (out / "bench.md").write_text(table + "\n")
-    title = f"{cfg.model.path}, {cfg.unmasking._target_.rsplit('.', 1)[-1]}, cache={cfg.cache.mode}"
-    plot(rows, out / "bench.png", title)
+    title = f"{cfg.model.path}, {instantiate(cfg.unmasking)!r}, cache={cfg.cache.mode}"
+    plot(rows, out / "bench.png", f"{title}, {cfg.n_examples} problems")
     print(table)
-    print(f"\nwrote {out / 'bench.json'}, bench.md, bench.png  ({OmegaConf.to_yaml(cfg.unmasking).strip()})")
+    print(f"\nwrote bench.json, bench.md, bench.png to {out}")
 
 
 if __name__ == "__main__":

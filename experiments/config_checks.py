@@ -81,7 +81,9 @@ class DecodeConfig:
     steps: Optional[int] = None
     block_size: Optional[int] = None
     batch_size: int = 32
+    repeats: int = 1
     seed: int = 0
+    cfg_scale: float = 0.0
     threads: Optional[int] = None
     show: int = 3
     progress: bool = True
@@ -89,6 +91,22 @@ class DecodeConfig:
 
 
 ConfigStore.instance().store(name="decode_schema", node=DecodeConfig)
+
+
+def group_options(config_name: str, *groups: str) -> str:
+    """'group: option, option' lines for an app's --help, from the app's config search path as its primary config
+    `config_name` sets it (Hydra's own loader, hydra.searchpath included). The `focuslib_groups` resolver of the help
+    templates in conf/bench.yaml and conf/train.yaml: those apps share conf/ with the decode app, so Hydra's
+    $APP_CONFIG_GROUPS would list groups they cannot use."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return "\n".join(groups)
+    loader = GlobalHydra.instance().config_loader()
+    return "\n".join(f"{g}: {', '.join(sorted(loader.get_group_options(g, config_name=config_name)))}" for g in groups)
+
+
+OmegaConf.register_new_resolver("focuslib_groups", group_options, replace=True)
 
 # -------------------------------------------------------------------------- checks
 
@@ -116,6 +134,7 @@ class Plan:
     block_size: Optional[int]
     steps: Optional[int]
     task: Task
+    cfg_scale: float = 0.0  # DiffusionDecoder(cfg_scale=): classifier-free guidance, 0 = off
 
 
 def plan_run(cfg: DictConfig) -> Plan:
@@ -129,6 +148,7 @@ def plan_run(cfg: DictConfig) -> Plan:
     logger = _build(cfg, "logger", problems)
     if unmasking is None and not any("unmasking" in p for p in problems):
         problems.append("unmasking: an unmasking policy is required (e.g. unmasking=threshold)")
+    _check_guidance(cfg, eviction, problems)
     task = _build_task(cfg, problems)
     model_path, model_cfg = _read_model(cfg, problems)
     steps = cfg.steps
@@ -140,7 +160,8 @@ def plan_run(cfg: DictConfig) -> Plan:
         raise ConfigError(problems)
     return Plan(unmasking=unmasking, eviction=eviction, budget=budget, logger=logger, model_path=model_path,
                 model_cfg=model_cfg, cache=cfg.cache.mode,
-                cache_options=OmegaConf.to_container(cfg.cache.options), block_size=cfg.block_size, steps=steps, task=task)
+                cache_options=OmegaConf.to_container(cfg.cache.options), block_size=cfg.block_size, steps=steps, task=task,
+                cfg_scale=float(cfg.cfg_scale))
 
 
 def check_unknown_keys(cfg: DictConfig, schema: type, problems: list[str], prefix: str = "") -> None:
@@ -168,11 +189,21 @@ def check_unknown_keys(cfg: DictConfig, schema: type, problems: list[str], prefi
 
 def _check_scalars(cfg: DictConfig, problems: list[str]) -> None:
     """Type checks come from the schema; these are the ranges."""
-    at_least = {"gen_length": 1, "batch_size": 1, "steps": 1, "block_size": 1, "threads": 1, "show": 0, "task.n": 1}
+    at_least = {"gen_length": 1, "batch_size": 1, "repeats": 1, "steps": 1, "block_size": 1, "threads": 1, "show": 0,
+                "task.n": 1}
     for key, low in at_least.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value < low:
             problems.append(f"{key} must be >= {low}, got {value}")
+
+
+def _check_guidance(cfg: DictConfig, eviction: Any, problems: list[str]) -> None:
+    """cfg_scale: the decoder's own rules (>= 0; no eviction with guidance), checked before loading."""
+    scale = cfg.cfg_scale
+    if scale < 0:
+        problems.append(f"cfg_scale must be >= 0 (0 = no classifier-free guidance), got {scale}")
+    elif scale > 0 and _as_list(eviction):
+        problems.append("cfg_scale > 0 cannot be combined with eviction policies (eviction=none, or cfg_scale=0)")
 
 
 def _build(cfg: DictConfig, group: str, problems: list[str], prefix: str | None = None) -> Any:
@@ -237,8 +268,21 @@ def _build_task(cfg: DictConfig, problems: list[str]) -> Task | None:
         return None
     if spec.n < 1:
         return None  # already reported
+    options = OmegaConf.to_container(spec.options, resolve=True)
+    if options.get("chat") is True:  # the prompts go through the checkpoint's chat template: read its tokenizer
+        if OmegaConf.is_missing(cfg.model, "path"):
+            return None  # reported by _read_model
+        try:
+            path = resolve_checkpoint(cfg.model.path)
+        except (ValueError, FileNotFoundError):
+            return None  # reported by _read_model
+        try:
+            options["tokenizer"] = _tokenizer(str(path))
+        except Exception as err:
+            problems.append(f"model.path: {err}")
+            return None
     try:
-        return load_task(spec.name, spec.n, spec.seed, **OmegaConf.to_container(spec.options, resolve=True))
+        return load_task(spec.name, spec.n, spec.seed, **options)
     except Exception as err:  # an option's value, else n or seed (e.g. more problems than the file holds)
         message = str(err)
         named = _mentioned(spec.options, message) or _option_by_value(spec.options, message)

@@ -298,7 +298,7 @@ def main() -> None:
     weights = f", weights={EVAL_WEIGHTS}" if args.task == "mix" else ""
     results = {"n_test": args.n_test, "gen_length": args.gen_length, "policies": policies,
                "task_call": f'load_task("{args.task}", {args.n_test}, seed="test"{weights})',
-               "summary": {k: summarize(v) for k, v in focuslib.policies.items()}}
+               "summary": {k: summarize(v) for k, v in policies.items()}}
     snaps = logged_decode_curve(one_shot_curve(run_dir))
     if not snaps and not args.skip_snapshots:
         snaps = snapshot_curve(run_dir, args.gen_length, args.n_val, args.batch_size, args.task)

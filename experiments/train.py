@@ -5,7 +5,9 @@
     python -m experiments.train train=tiny_sdar resume=true        # continue outputs/train/tiny_sdar/last.pt
 
 Every field of `focuslib.training.TrainConfig` is a top-level key (model.* for the
-architecture); unknown keys are errors. The run directory is Hydra's output dir,
+architecture); unknown keys are errors. The presets (`train=<name>`) live in
+experiments/train_conf/train/, on a search path only conf/train.yaml adds, so the other apps,
+which share conf/, do not list them. The run directory is Hydra's output dir,
 outputs/train/<run_name> (git-ignored), so re-running with resume=true finds it.
 """
 from __future__ import annotations

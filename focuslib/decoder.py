@@ -17,6 +17,8 @@ Shapes: B batch, T positions, L rows, S block positions, V vocab, C width.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import numbers
 import time
 from dataclasses import dataclass, field, replace
@@ -28,6 +30,7 @@ from torch import Tensor
 from focuslib.cache import CACHE_OPTIONS, BlockView, CacheMode, KVCache, cache_mode_class
 from focuslib.contract import BudgetPolicy, CommitView, LayerCall, LayerView, Projection, StepView
 from focuslib.eviction import EvictionStack, StackState
+from focuslib.families import get_family
 from focuslib.layer import DenseRunner
 from focuslib.model import Transformer
 from focuslib.rows import Rows
@@ -128,7 +131,7 @@ class _Call:
     policies: StackState
     recorder: TraceRecorder | None
     steps_per_block: int | None
-    generator: torch.Generator | None
+    generators: tuple[torch.Generator, ...] | None  # one per sequence (seed=), else None
     stop_at_eos: bool
     dense_labels: bool = False
 
@@ -148,7 +151,7 @@ class DiffusionDecoder:
     def __init__(self, model: Transformer, unmasking: UnmaskingPolicy | str, eviction: Any = None,
                  budget: BudgetPolicy | None = None, *, block_size: int | None = None,
                  cache: str | None = None, cache_options: dict[str, Any] | None = None, tokenizer: Any = None,
-                 allow_unk: bool = False) -> None:
+                 allow_unk: bool = False, cfg_scale: float = 0.0) -> None:
         cfg = model.cfg
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
         self.unmasking = self._unmasking_policy(unmasking)  # a policy object, or a name of focuslib.policies.unmasking.POLICIES
@@ -167,13 +170,23 @@ class DiffusionDecoder:
             raise ValueError(f"block_size must be positive, got {block_size}")
         self.block_size = cfg.block_size if cfg.block_diffusion else block_size
         self.eviction = EvictionStack.build(eviction, budget, model)
+        # classifier-free guidance (LLaDA's cfg_scale): each step also runs an unconditional copy of the batch
+        # (prompt replaced by the mask id) and the policy sees un + (cfg_scale + 1) * (cond - un); 0 = off
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale) \
+                or cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be a finite number >= 0 (0 = no guidance), got {cfg_scale!r}")
+        if cfg_scale > 0 and self.eviction:
+            raise ValueError("cfg_scale > 0 cannot be combined with eviction policies: the unconditional copy would "
+                             "need its own eviction decisions; decode with guidance without eviction")
+        self.cfg_scale = float(cfg_scale)
+        self.eos_ids, self.eot_ids = special_ids(cfg)
 
     # -- public ------------------------------------------------------------------
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int] | str], *, gen_length: int, steps: int | None = None,
                  stop_at_eos: bool = True, trace: bool = False, seed: int | None = None,
-                 dense_labels: bool = False) -> GenerationOutput:
+                 dense_labels: bool = False, sequence_ids: Sequence[int] | None = None) -> GenerationOutput:
         """Decode `gen_length` tokens after each prompt.
 
         steps: total step budget for schedule policies (split evenly over the
@@ -187,6 +200,11 @@ class DiffusionDecoder:
         in the statistics, on a copy of the caches) and the trace gains `dense_commit`: the
         row would have been committed at this step without eviction. Eviction's misses
         are the evicted rows with dense_commit True. Doubles the work: analysis only.
+        seed: every random draw of the unmasking policy (sampling, random remasking, Dream's
+        origin and alg_temp) comes from one generator per sequence, keyed by (seed, its
+        index in `prompts`), so a sequence gets the same tokens in any batch; sequence_ids
+        (ints >= 0, one per prompt) replace the indices in the key, e.g. a prompt's index in
+        a whole dataset decoded in chunks. Without seed, torch's default generator.
         """
         if dense_labels and not trace:
             raise ValueError("dense_labels=True labels trace rows: pass trace=True as well")
@@ -201,7 +219,7 @@ class DiffusionDecoder:
             stats=DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers),
             policies=self.eviction.begin(b, t, dev), recorder=TraceRecorder(*self._trace_layers()) if trace else None,
             steps_per_block=self._steps_per_block(gen_length, steps),
-            generator=torch.Generator(device=dev).manual_seed(seed) if seed is not None else None,
+            generators=sequence_generators(seed, sequence_ids, b, dev),
             stop_at_eos=stop_at_eos, dense_labels=dense_labels)
         while not bool(state.done.all()):
             self._step(state, call)
@@ -225,7 +243,8 @@ class DiffusionDecoder:
         block_pos, in_range = step.block_slots()
         masked = masked_block.gather(1, block_pos) & in_range  # [B, S]
         ctx = StepContext(step=state.step_in_block, steps_per_block=call.steps_per_block,
-                          n_masked_at_block_start=state.masked_at_block_start, generator=call.generator)
+                          n_masked_at_block_start=state.masked_at_block_start, generators=call.generators,
+                          eos_ids=self.eos_ids, eot_ids=self.eot_ids)
         dense = None
         if self.eviction.needs_dense_commits or call.dense_labels:  # analysis only: the dense step first
             dense = self._dense_commits(state, call, step, rows, reusable, masked_block, masked, ctx)
@@ -265,8 +284,9 @@ class DiffusionDecoder:
         preview = replace(call, cache=call.cache.clone(), recorder=None,
                           stats=DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers))
         h, rows, _ = self._run_layers(state, preview, step, rows, reusable, masked_block, evict=False)
-        if ctx.generator is not None:
-            ctx = replace(ctx, generator=torch.Generator(device=state.x.device).set_state(ctx.generator.get_state()))
+        if ctx.generators is not None:
+            ctx = replace(ctx, generators=tuple(torch.Generator(device=g.device).set_state(g.get_state())
+                                                for g in ctx.generators))
         block_pos, _ = step.block_slots()
         _, _, chosen = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
         out = torch.zeros(state.x.shape[0], state.x.shape[1] + 1, dtype=torch.bool, device=state.x.device)
@@ -305,7 +325,12 @@ class DiffusionDecoder:
         at the Q/K/V point of every layer a trace wants.
         """
         t = state.x.shape[1]
-        h = self.model.embed_rows(state.x.gather(1, rows.pos), rows.pos, state.prompt_len)  # [B, L, C]
+        tokens, answer_start, b = state.x, state.prompt_len, state.x.shape[0]
+        if self.cfg_scale:  # guidance: the unconditional copy (prompt masked) runs as the second half of the batch
+            tokens, answer_start = torch.cat([tokens, self._unconditional(state)]), answer_start.repeat(2)
+            rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1))
+            reusable, masked_block = reusable.repeat(2, 1), masked_block.repeat(2, 1)
+        h = self.model.embed_rows(tokens.gather(1, rows.pos), rows.pos, answer_start)  # [B, L, C] ([2B, ...] guided)
         call.stats.forward_passes += 1
         runner = call.policies.runner if evict else DenseRunner()
         keys = _Keys(reusable=reusable, at_start=reusable | rows.as_mask(t), stale=self.eviction.evicted_keys == "stale")
@@ -318,7 +343,8 @@ class DiffusionDecoder:
             proj = runner.project(x)
             lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step)
             if call.recorder is not None and i in call.recorder.layers:
-                views[i] = lv
+                views[i] = lv if not self.cfg_scale else replace(  # the conditional half
+                    lv, rows=Rows(rows.pos[:b], rows.valid[:b]), q=proj.q[:b], k=proj.k[:b], masked=masked_rows[:b])
             keep = self.eviction.at_qkv(lv, call.policies) if evict else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
@@ -333,7 +359,14 @@ class DiffusionDecoder:
         for i, n in enumerate(torch.stack(computed).tolist()):
             call.stats.row_layers += n
             call.stats.row_layers_per_layer[i] += n
+        if self.cfg_scale:  # both halves computed the same rows; h keeps both halves for _block_logits
+            rows = Rows(rows.pos[:b], rows.valid[:b])
         return h, rows, views
+
+    def _unconditional(self, state: DecodeState) -> Tensor:
+        """[B, T] tokens of the unconditional copy: the prompt positions hold the mask id (LLaDA's CFG)."""
+        prompt = torch.arange(state.x.shape[1], device=state.x.device) < state.prompt_len[:, None]
+        return state.x.masked_fill(prompt, self.cfg.mask_id)
 
     def _evict(self, keep: Tensor, rows: Rows, h: Tensor, proj: Projection, keys: "_Keys", masked_block: Tensor,
                step: StepView) -> tuple[Rows, Tensor, Projection, Tensor, Tensor]:
@@ -386,8 +419,12 @@ class DiffusionDecoder:
         """
         shift = int(self.cfg.logit_shift)
         row_of = rows.rows_at((block_pos - shift).clamp(min=0), state.x.shape[1])  # [B, S], -1 = no row
-        h_block = h.gather(1, row_of.clamp(min=0)[:, :, None].expand(-1, -1, h.shape[-1]))
-        logits = self.model.logits(h_block).float()
+        index = row_of.clamp(min=0)[:, :, None].expand(-1, -1, h.shape[-1])
+        if self.cfg_scale:  # h [2B, L, C]: conditional half, then unconditional half
+            cond, un = (self.model.logits(half.gather(1, index)).float() for half in h.chunk(2))
+            logits = un + (self.cfg_scale + 1.0) * (cond - un)
+        else:
+            logits = self.model.logits(h.gather(1, index)).float()
         candidates = masked & (row_of >= 0)
         # [B]: a candidate's logits hold NaN/Inf; read by _apply within its one host sync per step
         state.bad_logits = (~logits.isfinite().all(-1) & candidates).any(1)
@@ -529,6 +566,10 @@ class DiffusionDecoder:
                                       f"max_positions {cfg.max_positions}"))
         if not cfg.block_diffusion and block_size and gen_length % block_size:
             out.append(ValueError(f"gen_length {gen_length} is not a multiple of block_size {block_size}"))
+        if (getattr(unmasking, "logits_eos_inf", False) or getattr(unmasking, "confidence_eos_eot_inf", False)) \
+                and not cfg.eos_ids:
+            out.append(ValueError(f"{type(unmasking).__name__}: logits_eos_inf / confidence_eos_eot_inf need an "
+                                  "EOS id, and this model's config has none (eos_token_id)"))
         if getattr(unmasking, "needs_schedule", False) and steps is None:
             out.append(ValueError(f"{type(unmasking).__name__} follows a fixed schedule: pass steps="))
         n_blocks = -(-gen_length // (block_size or gen_length))
@@ -573,7 +614,8 @@ class DiffusionDecoder:
     def _new_cache(self, state: DecodeState) -> KVCache:
         cfg = self.cfg
         w = self.model.embed.weight
-        return KVCache(cfg.n_layers, state.x.shape[0], state.x.shape[1], cfg.n_kv_heads, cfg.head_dim, w.dtype, w.device)
+        batch = state.x.shape[0] * (2 if self.cfg_scale else 1)  # guidance: the unconditional copy's K/V too
+        return KVCache(cfg.n_layers, batch, state.x.shape[1], cfg.n_kv_heads, cfg.head_dim, w.dtype, w.device)
 
     def _output(self, state: DecodeState, ids: list[list[int]], gen_length: int, stats: DecodeStats,
                 recorder: TraceRecorder | None) -> GenerationOutput:
@@ -592,6 +634,42 @@ class DiffusionDecoder:
         return GenerationOutput(sequences=sequences, tokens=tokens, stats=stats, text=text, trace=trace,
                                 steps_per_sequence=(state.committed_step.max(1).values + 1).tolist(),
                                 committed_per_sequence=committed.sum(1).tolist())
+
+
+# -- sampling helpers ---------------------------------------------------------------
+
+
+def special_ids(cfg: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(end-of-text ids, end-of-turn ids) among cfg.eos_ids: the family's chat end-of-turn ids
+    (LLaDA's <|eot_id|> 126348, Dream's <|im_end|>) are end-of-turn, the rest end-of-text."""
+    try:
+        turn_end = set(get_family(cfg.family).turn_end_ids)
+    except ValueError:
+        turn_end = set()
+    eos = tuple(int(i) for i in cfg.eos_ids)
+    return tuple(i for i in eos if i not in turn_end), tuple(i for i in eos if i in turn_end)
+
+
+def sequence_generators(seed: int | None, sequence_ids: Sequence[int] | None, batch: int,
+                        device: torch.device) -> tuple[torch.Generator, ...] | None:
+    """One generator per sequence, seeded by a hash of (seed, its id) (ids default to 0..batch-1); None without seed.
+
+    blake2b of the pair gives well-mixed, independent seeds for neighbouring pairs ((0, 1) and (1, 0) differ).
+    """
+    if seed is None:
+        if sequence_ids is not None:
+            raise ValueError("sequence_ids keys the per-sequence generators of seed=; pass seed= as well")
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None, got {seed!r} ({type(seed).__name__})")
+    ids = range(batch) if sequence_ids is None else list(sequence_ids)
+    if len(ids) != batch or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0 for i in ids):
+        raise ValueError(f"sequence_ids must hold one int >= 0 per prompt ({batch}), got {sequence_ids!r}")
+    out = []
+    for i in ids:
+        digest = hashlib.blake2b(f"{int(seed)},{int(i)}".encode(), digest_size=8).digest()
+        out.append(torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") >> 1))
+    return tuple(out)
 
 
 # -- prompt helpers of DiffusionDecoder.encode_prompts ----------------------------

@@ -7,8 +7,16 @@ same format, so the code path that loads them is the one that loads LLaDA-8B.
 
 Loading builds the model on the meta device (no init, no memory), checks every
 checkpoint key and shape against the model before reading any tensor data, then reads
-shard by shard and assigns the tensors. dtype defaults to float32 on CPU (exact, and
-what the tests use) and to the checkpoint's `torch_dtype` on accelerators.
+shard by shard, one tensor at a time, and assigns the tensors. dtype defaults to float32
+on CPU (exact, and what the tests use) and to the checkpoint's `torch_dtype` on
+accelerators.
+
+Host memory: each tensor is read from its file straight into its own buffer (no memory
+map, whose touched pages would stay resident until the shard is closed) and converted to
+the target dtype and device right away, so peak host memory is the model in the target
+dtype (CPU) plus the largest single tensor in the checkpoint's dtype -- never the whole
+model in float32, and never a shard on top of the model. On an accelerator the host
+holds one tensor at a time. Measured numbers: docs/design.md, "Loading big models".
 
 Nothing is loaded silently wrong: a config.json that is not JSON, a truncated or corrupt
 safetensors file, a missing shard, a tensor holding NaN or Inf (`check_finite`), an
@@ -19,6 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -178,7 +189,12 @@ def load_model(
     (e.g. {"block_size": 32}) before parsing.
     check_finite: refuse (CheckpointError naming the tensor) a tensor with NaN or Inf,
     including values that overflow `dtype`. It reads every weight once more on the device
-    (seconds for an 8B model); pass False to skip it for very large checkpoints you trust.
+    (one min/max per tensor: about 2 s per billion parameters on a CPU core); pass False to
+    skip it for very large checkpoints you trust.
+    Memory: tensors are read one at a time and converted at once, so host memory peaks at
+    the model in `dtype` (when loading onto the CPU) plus the largest tensor as stored
+    (docs/design.md, "Loading big models"). The tokenizer keeps the checkpoint's chat
+    template (`focuslib.tasks.apply_chat_template`).
     """
     path, device = resolve_checkpoint(path_or_name), _check_device(device)
     hf, generation = _read_hf(path, config_overrides)
@@ -194,15 +210,14 @@ def load_model(
     _check_checkpoint(path, keys, shapes, optional)
     state: dict[str, Tensor] = {}
     for file in sorted(set(keys[k] for k in parts)):
-        with _open(file, device=str(device)) as f:
-            for key in (k for k in parts if keys[k] == file):
-                names, rows = zip(*parts[key])
-                stored = f.get_tensor(key)
-                tensor = stored.to(dtype)
-                if check_finite:
-                    _check_finite(stored, tensor, key, file)
-                pieces = tensor.split(list(rows), dim=0)
-                state.update((n, _aligned(p)) for n, p in zip(names, pieces))
+        for key, stored in read_tensors(file, [k for k in parts if keys[k] == file]):
+            names, rows = zip(*parts[key])
+            tensor = _to_target(stored, dtype, device)
+            if check_finite:
+                _check_finite(stored, tensor, key, file)
+            del stored  # a converted tensor's source is freed before the next one is read
+            pieces = tensor.split(list(rows), dim=0)
+            state.update((n, _aligned(p)) for n, p in zip(names, pieces))
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -239,9 +254,9 @@ def _check_finite(stored: Tensor, cast: Tensor, key: str, file: Path) -> None:
     def n_bad(t: Tensor) -> int:
         return int(sum((~c.isfinite()).sum() for c in t.reshape(-1).split(1 << 24)))
 
+    if cast.numel() == 0 or all(bool(v.isfinite()) for v in torch.aminmax(cast.reshape(-1))):
+        return  # NaN propagates through min/max and +-Inf is an extreme: 30x faster than counting on CPU
     bad = n_bad(cast)
-    if not bad:
-        return
     if cast.dtype != stored.dtype and not n_bad(stored):
         raise CheckpointError(f"checkpoint tensor {key!r} in {file} overflows {cast.dtype}: {bad} value(s) become "
                               f"Inf; load it in {stored.dtype} (load_model(..., dtype=...))")
@@ -258,6 +273,69 @@ def _aligned(t: Tensor) -> Tensor:
     weights would give slightly different logits depending on the file layout.
     """
     return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+# --------------------------------------------------------------------------- reading tensors
+
+# safetensors dtype names -> torch dtypes (the float8 types only where this torch has them)
+_ST_DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, attr) for name, attr in (
+        ("F64", "float64"), ("F32", "float32"), ("F16", "float16"), ("BF16", "bfloat16"), ("I64", "int64"),
+        ("I32", "int32"), ("I16", "int16"), ("I8", "int8"), ("U8", "uint8"), ("BOOL", "bool"),
+        ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"), ("F8_E4M3", "float8_e4m3fn"),
+        ("F8_E5M2", "float8_e5m2"),
+    ) if hasattr(torch, attr)
+}
+
+
+def _to_target(stored: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`stored` (as read, on the CPU, the checkpoint's dtype) in the load dtype on the load device.
+
+    No copy when both already match. Non-float tensors keep their dtype. On an accelerator
+    the tensor moves first and is converted there, so the host never holds a converted copy.
+    """
+    target = dtype if stored.is_floating_point() else stored.dtype
+    if stored.device != device:
+        stored = stored.to(device)
+    return stored.to(target)
+
+
+def read_tensors(file: str | os.PathLike[str], keys: list[str] | None = None) -> Iterator[tuple[str, Tensor]]:
+    """(key, CPU tensor in its stored dtype) of a safetensors file, one at a time, in file order.
+
+    Each tensor is read with plain file reads into a freshly allocated (64-byte aligned)
+    buffer that the caller owns; nothing is memory-mapped, so a tensor the caller drops is
+    gone from host memory, and peak memory is what the caller keeps plus one tensor.
+    keys: the tensors to read (default: all). A file the header check in `_open` passed
+    can still be shorter than its header says (truncated after that check): CheckpointError.
+    """
+    file = Path(file)
+    with _open(file) as f:  # validates the header (CheckpointError naming the file otherwise)
+        wanted = list(f.keys()) if keys is None else list(keys)
+    with open(file, "rb") as raw:
+        (header_len,) = struct.unpack("<Q", raw.read(8))
+        header = json.loads(raw.read(header_len))
+        base = 8 + header_len
+        absent = [k for k in wanted if k not in header or k == "__metadata__"]
+        if absent:
+            raise CheckpointError(f"{file} has no tensor {absent[0]!r} (listed by the checkpoint's {INDEX_FILE})")
+        entries = sorted(wanted, key=lambda k: header[k]["data_offsets"][0])
+        for key in entries:
+            meta = header[key]
+            dtype = _ST_DTYPES.get(meta["dtype"])
+            if dtype is None or (sys.byteorder != "little" and dtype.itemsize > 1):
+                with _open(file) as f:  # an exotic dtype or a big-endian host: safetensors converts it
+                    yield key, f.get_tensor(key).clone()
+                continue
+            begin, end = meta["data_offsets"]
+            buffer = torch.empty(end - begin, dtype=torch.uint8)
+            raw.seek(base + begin)
+            got = raw.readinto(memoryview(buffer.numpy())) if end > begin else 0
+            if got != end - begin:
+                raise CheckpointError(f"{file} is truncated: tensor {key!r} needs bytes {begin}..{end} of its data, "
+                                      f"the file has {got} of them")
+            yield key, buffer.view(dtype).reshape(meta["shape"])
+            del buffer  # else it lives on while the next tensor is read: two tensors at once
 
 
 # --------------------------------------------------------------------------- saving
@@ -306,22 +384,45 @@ def has_tokenizer_files(path: Path) -> bool:
     return (path / "tokenizer.json").is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file())
 
 
+# Custom tokenizer classes of real checkpoints (remote code, never run) -> the transformers class they copy.
+# Dream's tokenization_dream.DreamTokenizer is Qwen2's byte-level BPE tokenizer under another name; its
+# checkpoint ships Qwen2's vocab.json / merges.txt and its own added tokens (mask <|mask|> = 151666).
+COMPATIBLE_TOKENIZERS: dict[str, str] = {"DreamTokenizer": "Qwen2Tokenizer"}
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
 def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     """transformers tokenizer of a checkpoint directory, or None if it has no tokenizer files.
 
-    Never runs a checkpoint's remote code (trust_remote_code=False); works offline.
+    Never runs a checkpoint's remote code (trust_remote_code=False); works offline. A
+    tokenizer class that exists only as remote code is replaced by the transformers class
+    it copies (COMPATIBLE_TOKENIZERS: Dream's). The chat template is kept (`tokenizer.chat_template`):
+    the `chat_template` entry of tokenizer_config.json, else chat_template.jinja.
     """
     path = Path(path)
     if not has_tokenizer_files(path):
         return None
+    import transformers
     from transformers import AutoTokenizer, PretrainedConfig
 
-    try:  # a blank config: the class comes from tokenizer_config.json, config.json's model_type is ours
-        return AutoTokenizer.from_pretrained(
-            str(path), config=PretrainedConfig(), trust_remote_code=False, local_files_only=True
-        )
+    config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+    substitute = COMPATIBLE_TOKENIZERS.get(str(config.get("tokenizer_class")))
+    try:
+        if substitute is not None:
+            tokenizer = getattr(transformers, substitute).from_pretrained(str(path), local_files_only=True)
+        else:  # a blank config: the class comes from tokenizer_config.json, config.json's model_type is ours
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path), config=PretrainedConfig(), trust_remote_code=False, local_files_only=True
+            )
     except Exception as err:  # transformers raises many types; say which directory failed
         raise RuntimeError(f"could not load the tokenizer in {path}: {err}") from err
+    if not getattr(tokenizer, "chat_template", None):  # transformers versions differ in what they read
+        template = config.get("chat_template")
+        if not template and (path / CHAT_TEMPLATE_FILE).is_file():
+            template = (path / CHAT_TEMPLATE_FILE).read_text()
+        if template:
+            tokenizer.chat_template = template
+    return tokenizer
 
 
 def _as_transformers_tokenizer(tokenizer: Any, cfg: ModelConfig) -> Any:
@@ -351,12 +452,15 @@ def _as_transformers_tokenizer(tokenizer: Any, cfg: ModelConfig) -> Any:
 
 __all__ = [
     "BUNDLED_DIR",
+    "CHAT_TEMPLATE_FILE",
+    "COMPATIBLE_TOKENIZERS",
     "CheckpointError",
     "bundled_checkpoints",
     "checkpoint_state_dict",
     "load_model",
     "load_tokenizer",
     "read_config",
+    "read_tensors",
     "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -39,4 +39,8 @@ def test_bench_app_writes_json_table_and_plot(tmp_path):
     assert dense[1]["forward_passes"] > dense[4]["forward_passes"]  # 6 decodes of one vs 2 batches
     table = (out / "bench.md").read_text()
     assert table == markdown_table(rows) + "\n" and len(table.strip().splitlines()) == 2 + len(rows)
+    # stdout: the table bench.md holds (its documented columns), then one line naming the files; no config dump
+    assert proc.stdout == table + f"\nwrote bench.json, bench.md, bench.png to {out}\n"
+    assert proc.stdout.startswith("| stack | batch_size | tokens_per_s | speedup | row_layers |")
+    assert "_target_" not in proc.stdout and "threshold:" not in proc.stdout
     assert (out / "bench.png").stat().st_size > 10_000

@@ -20,12 +20,13 @@ from typing import Any
 
 from .base import SPLITS, Task, prompt_split, resolve_seed
 from .benchmarks import HUMANEVAL_STOPS, build_gsm8k, build_humaneval, build_sharegpt
+from .chat import apply_chat_template
 from .long import prefix_match
 from .procedural import CHARSET, DEFAULT_MIX_WEIGHTS, MIXES, STREAMS, build_mix, build_procedural
 
 __all__ = [
     "CHARSET", "DEFAULT_MIX_WEIGHTS", "HUMANEVAL_STOPS", "MIXES", "PROCEDURAL_TASKS", "SPLITS", "TASK_NAMES",
-    "Task", "load_task", "prefix_match", "prompt_split",
+    "Task", "apply_chat_template", "load_task", "prefix_match", "prompt_split",
 ]
 
 PROCEDURAL_TASKS: tuple[str, ...] = (*STREAMS, *MIXES)
@@ -50,6 +51,9 @@ def load_task(name: str, n: int, seed: int | str = "test", **kwargs: Any) -> Tas
         prompts; mix: `weights={...}` and per-sub-task knob dicts such as
         `chain_sum={"max_terms": 4}`; gsm8k: `path`, `template`; humaneval:
         `timeout`, `stop_sequences`; sharegpt: `min_chars`, `max_chars`.
+        gsm8k, humaneval and sharegpt also take `chat=True` with `tokenizer=` (the
+        checkpoint's): each prompt becomes the user turn of the tokenizer's chat
+        template (`apply_chat_template`), as instruct models are evaluated.
     A smaller n gives a prefix of a larger n with the same seed and options.
     """
     if name not in TASK_NAMES:

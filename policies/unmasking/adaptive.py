@@ -33,8 +33,14 @@ class Threshold(UnmaskingPolicy):
     """Fast-dLLM's confidence threshold (and SDAR's `low_confidence_dynamic`): commit every
     candidate whose confidence is >= threshold, and always at least the most confident."""
 
-    def __init__(self, threshold: float = 0.9, temperature: float = 0.0) -> None:
-        super().__init__(temperature=temperature)
+    def __init__(
+        self, threshold: float = 0.9, temperature: float = 0.0, *, top_k: int | None = None, top_p: float | None = None,
+        logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False
+    ) -> None:
+        super().__init__(
+            temperature=temperature, top_k=top_k, top_p=top_p, logits_eos_inf=logits_eos_inf,
+            confidence_eos_eot_inf=confidence_eos_eot_inf
+        )
         self.threshold = check_number("threshold", threshold, low=0.0, high=1.0, low_open=True)
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
@@ -64,9 +70,14 @@ class Factor(UnmaskingPolicy):
     """
 
     def __init__(
-        self, factor: float = 1.0, temperature: float = 0.0, reference_off_by_one: bool = True
+        self, factor: float = 1.0, temperature: float = 0.0, reference_off_by_one: bool = True,
+        *, top_k: int | None = None, top_p: float | None = None,
+        logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False
     ) -> None:
-        super().__init__(temperature=temperature)
+        super().__init__(
+            temperature=temperature, top_k=top_k, top_p=top_p, logits_eos_inf=logits_eos_inf,
+            confidence_eos_eot_inf=confidence_eos_eot_inf
+        )
         self.factor = check_number("factor", factor, low=0.0, low_open=True)
         if not isinstance(reference_off_by_one, bool):
             raise ValueError(f"reference_off_by_one must be a bool, got {reference_off_by_one!r}")
@@ -100,8 +111,14 @@ class EBSampler(UnmaskingPolicy):
     class ranks by confidence, as the design notes specify.
     """
 
-    def __init__(self, gamma: float = 0.1, temperature: float = 0.0) -> None:
-        super().__init__(temperature=temperature)
+    def __init__(
+        self, gamma: float = 0.1, temperature: float = 0.0, *, top_k: int | None = None, top_p: float | None = None,
+        logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False
+    ) -> None:
+        super().__init__(
+            temperature=temperature, top_k=top_k, top_p=top_p, logits_eos_inf=logits_eos_inf,
+            confidence_eos_eot_inf=confidence_eos_eot_inf
+        )
         self.gamma = check_number("gamma", gamma, low=0.0)
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:

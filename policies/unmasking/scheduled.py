@@ -21,6 +21,7 @@ from .base import (
     StepContext,
     UnmaskingPolicy,
     check_number,
+    sampled_ranking,
     token_entropy,
     top_k_commit,
 )
@@ -74,12 +75,10 @@ class LowConfidence(_LLaDAQuota):
 
 class RandomRemask(_LLaDAQuota):
     """LLaDA's `random` remasking: the quota's candidates are chosen uniformly at random
-    (uniform scores from ctx.generator); tokens are still argmax or sampled as usual."""
+    (uniform scores from ctx.rand); tokens are still argmax or sampled as usual."""
 
     def scores(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
-        return torch.rand(
-            candidates.shape, generator=ctx.generator, dtype=torch.float64, device=candidates.device
-        )
+        return ctx.rand(candidates.shape, dtype=torch.float64, device=candidates.device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,8 +99,14 @@ class _DreamSchedule(UnmaskingPolicy):
 
     needs_schedule = True
 
-    def __init__(self, eps: float = 1e-3, temperature: float = 0.0) -> None:
-        super().__init__(temperature=temperature)
+    def __init__(
+        self, eps: float = 1e-3, temperature: float = 0.0, *, top_k: int | None = None, top_p: float | None = None,
+        logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False
+    ) -> None:
+        super().__init__(
+            temperature=temperature, top_k=top_k, top_p=top_p, logits_eos_inf=logits_eos_inf,
+            confidence_eos_eot_inf=confidence_eos_eot_inf
+        )
         self.eps = check_number("eps", eps, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
@@ -114,13 +119,30 @@ class _DreamRanked(_DreamSchedule):
     batch gives the same result as one row at a time) and at least one row is committed.
     Dream ranks by the tempered (and top-p/top-k filtered) distribution; here scores come
     from the untempered one, as for every policy of this library.
+
+    alg_temp > 0 (Dream's option): the k rows are sampled without replacement from
+    softmax(scores / alg_temp) over the candidates instead of taken as the top k (Dream:
+    torch.multinomial; here Gumbel-top-k, the same distribution, drawn through ctx.rand).
     """
+
+    def __init__(
+        self, eps: float = 1e-3, temperature: float = 0.0, alg_temp: float = 0.0, *, top_k: int | None = None,
+        top_p: float | None = None, logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False
+    ) -> None:
+        super().__init__(
+            eps=eps, temperature=temperature, top_k=top_k, top_p=top_p, logits_eos_inf=logits_eos_inf,
+            confidence_eos_eot_inf=confidence_eos_eot_inf
+        )
+        self.alg_temp = check_number("alg_temp", alg_temp, low=0.0)
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
         n = candidates.sum(dim=-1)  # [B]
         fraction = (n.float() * dream_fraction(ctx, self.eps, n.device)).floor().long()
         k = torch.where(is_last_step(ctx, n.shape[0], n.device), n, fraction)
-        return top_k_commit(self.scores(proposal, candidates), candidates, k)
+        scores = self.scores(proposal, candidates)
+        if self.alg_temp > 0:
+            scores = sampled_ranking(scores, self.alg_temp, ctx)
+        return top_k_commit(scores, candidates, k)
 
     @abc.abstractmethod
     def scores(self, proposal: Proposal, candidates: Tensor) -> Tensor:
@@ -159,7 +181,7 @@ class Origin(_DreamSchedule):
         last = is_last_step(ctx, candidates.shape[0], candidates.device)[:, None]  # [B, 1]
         p = dream_fraction(ctx, self.eps, candidates.device)
         p = p[:, None] if p.dim() else p
-        u = torch.rand(candidates.shape, generator=ctx.generator, device=candidates.device)
+        u = ctx.rand(candidates.shape, device=candidates.device)
         drawn = candidates & ((u < p) | last)  # [B, L] True = drawn for commit
         one = torch.ones(candidates.shape[0], dtype=torch.long, device=candidates.device)
         best = top_k_commit(proposal.confidence, candidates, one)  # [B, L] most confident
