@@ -37,7 +37,7 @@ from .config_checks import Plan, clean_errors, plan_run
 from .loggers import NullLogger
 from .plots import per_task_plot
 from focuslib import DiffusionDecoder, EvalResult, evaluate, load_model
-from focuslib.evaluate import init_distributed, is_main_process
+from focuslib.evaluate import init_distributed, is_main_process, leave_distributed
 
 
 def run(cfg: DictConfig, plan: Plan, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -134,7 +134,10 @@ def main(cfg: DictConfig) -> float:
         if cfg.check_only:
             print(f"config ok: {' '.join(overrides) or 'defaults'} ({cfg.model.path}, {len(plan.task)} problems)")
             return math.nan
-        record = run(cfg, plan, Path(hydra_cfg.runtime.output_dir), overrides)
+        try:
+            record = run(cfg, plan, Path(hydra_cfg.runtime.output_dir), overrides)
+        finally:
+            leave_distributed()
     return record["accuracy"]  # the objective, for optimising sweepers
 
 

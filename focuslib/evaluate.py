@@ -213,6 +213,15 @@ def init_distributed(device: str | torch.device = "cpu") -> str:
     return device
 
 
+def leave_distributed() -> None:
+    """Wait for every rank, then destroy the process group (explicitly: tearing gloo down from an atexit
+    hook while another rank is still exiting aborted ranks under load). A no-op without a group."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_main_process() -> bool:
     """False on every rank but 0 of an initialised process group: the one that prints and writes files."""
     dist = torch.distributed
