@@ -21,6 +21,7 @@ Shapes: B batch, T positions, L rows, S block slots, H heads, G kv heads, D head
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -108,7 +109,7 @@ class LayerOutput:
     computed: Tensor  # [B, L] bool, True = the row's attention and FFN ran (counted as a row-layer)
 
 
-class LayerRunner:
+class LayerRunner(abc.ABC):
     """How one layer runs over a set of rows, in two halves with the eviction point between them.
 
     `project` computes the rows' Q/K/V (writing K/V into the cache it is given) and
@@ -116,11 +117,13 @@ class LayerRunner:
     is `focuslib.layer.DenseRunner`; DyLLM supplies one that recomputes only salient rows.
     """
 
+    @abc.abstractmethod
     def project(self, x: "LayerCall") -> Projection:
-        raise NotImplementedError
+        """Q/K/V of the rows (K/V written through x.kv)."""
 
+    @abc.abstractmethod
     def complete(self, x: "LayerCall", proj: Projection) -> LayerOutput:
-        raise NotImplementedError
+        """Attention and FFN of the rows left after the eviction point."""
 
 
 @dataclass(frozen=True)
@@ -207,11 +210,12 @@ class EvictionPolicy:
         return None
 
 
-class BudgetPolicy:
+class BudgetPolicy(abc.ABC):
     """How many masked rows of the current block a ranking eviction policy keeps: K [B] long, >= 1."""
 
+    @abc.abstractmethod
     def __call__(self, step: StepView) -> Tensor:
-        raise NotImplementedError
+        """K [B] long for this step."""
 
 
 __all__ = [

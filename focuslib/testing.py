@@ -48,6 +48,15 @@ def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Transformer:
 
 
 @torch.no_grad()
+def sharpen(model: Transformer, seed: int = 1, head_scale: float = 4.0) -> Transformer:
+    """Scramble the parameters, then scale the LM head: peaked but not degenerate confidences, so that
+    threshold and ranking policies make varied decisions on a random model. In place; returns the model."""
+    scramble_parameters(model, seed=seed)
+    model.lm_head.weight.mul_(head_scale)
+    return model
+
+
+@torch.no_grad()
 def scramble_parameters(model: Transformer, seed: int = 0) -> Transformer:
     """Give every parameter distinct random values, norms, biases and expert_bias included.
 

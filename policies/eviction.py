@@ -18,6 +18,7 @@ G kv heads, D head dim, C width.
 """
 from __future__ import annotations
 
+import abc
 import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
@@ -57,7 +58,7 @@ def _window(owner: str, window: Any) -> int:
 # ----------------------------------------------------------------------------- row scores
 
 
-class RowScore:
+class RowScore(abc.ABC):
     """Ranks the still-masked rows of the block at the eviction layer: higher = more worth computing.
 
     `observe` sees every layer before the eviction layer (at its Q/K/V point); `score`
@@ -74,8 +75,9 @@ class RowScore:
     def observe(self, view: LayerView, state: Any) -> None:
         """Called at the Q/K/V point of each layer before the eviction layer."""
 
+    @abc.abstractmethod
     def score(self, view: LayerView, state: Any) -> Tensor:
-        raise NotImplementedError
+        """[B, L] float over the rows at the eviction layer."""
 
     def after_step(self, commit: CommitView, state: Any) -> None:
         """Called once per step with the unmasking decision."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from focuslib.decoder import DiffusionDecoder
-from focuslib.testing import TINY_EOS, TINY_MASK, scramble_parameters, tiny_char_tokenizer, tiny_model
+from focuslib.testing import TINY_EOS, TINY_MASK, scramble_parameters, sharpen, tiny_char_tokenizer, tiny_model
 from focuslib.policies.unmasking import LowConfidence, Threshold
 
 FAMILIES = ("llada", "dream", "sdar", "llada2")
@@ -33,11 +33,7 @@ PROMPTS = [[2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12, 13, 14, 15], [16, 17, 18, 19
 
 @functools.lru_cache(maxsize=None)
 def sharp_model(family: str):
-    """Scrambled tiny model whose LM head is scaled x4: peaked but not degenerate confidences."""
-    model = scramble_parameters(tiny_model(family), seed=1)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(4.0)
-    return model
+    return sharpen(tiny_model(family))
 
 
 def policy_for(name: str):

@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 
 from focuslib.cache import CACHE_MODES
 from focuslib.decoder import DiffusionDecoder
-from focuslib.testing import TINY_MASK, TINY_VOCAB, scramble_parameters, tiny_config, tiny_model
+from focuslib.testing import TINY_MASK, TINY_VOCAB, sharpen, tiny_config, tiny_model
 from focuslib.policies.budget import FixedBudget, FocusBudget
 from focuslib.policies.eviction import SCORES, DyLLM, Focus
 from focuslib.policies.unmasking import POLICIES, LowConfidence, Threshold
@@ -130,11 +130,7 @@ def model_for(family: str, n_layers: int, sharp: bool, double: bool = False):
     if double:
         return copy.deepcopy(model_for(family, n_layers, sharp)).double()
     model = tiny_model(family, n_layers=n_layers)
-    if sharp:
-        scramble_parameters(model, seed=1)
-        with torch.no_grad():
-            model.lm_head.weight.mul_(4.0)
-    return model
+    return sharpen(model) if sharp else model
 
 
 def n_blocks(case: Case) -> int:

@@ -18,7 +18,7 @@ import torch
 from focuslib.decoder import DiffusionDecoder, special_ids
 from focuslib.policies.eviction import DyLLM
 from focuslib.policies.unmasking import LowConfidence, Threshold
-from focuslib.testing import TINY_MASK, scramble_parameters, tiny_model
+from focuslib.testing import TINY_MASK, scramble_parameters, sharpen, tiny_model
 
 GEN, BLOCK = 8, 4
 PROMPTS = [[2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12, 13, 14, 15], [16, 17, 18, 19]]
@@ -67,10 +67,7 @@ def llada_loop(model, prompt: list[int], steps: int, *, cfg_scale: float = 0.0, 
 
 @functools.lru_cache(maxsize=None)
 def sharp_model(family: str):
-    model = scramble_parameters(tiny_model(family), seed=1)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(4.0)
-    return model
+    return sharpen(tiny_model(family))
 
 
 @pytest.mark.parametrize("steps", [GEN, GEN // 2])
