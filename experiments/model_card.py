@@ -31,9 +31,9 @@ TASK_NOTES = {
     "mix": ("answers are at most 9 characters, followed by `<eos>` filler",
             "chain_sum 2-3 single-digit terms; number_sorting 3-5 values in 0..9; spell_backward words of 3-8 "
             "letters; basic_arithmetic two 2-digit operands, `+`"),
-    "long_mix": ("answers are 40-60 characters (tribonacci digits, count_by fields, repeat patterns), followed by "
+    "long_mix": ("answers are 40-60 characters (walk letters, count_by fields, repeat patterns), followed by "
                  "`<eos>` filler",
-                 "training answers from 8 tokens up (tribonacci/repeat 8-60 characters, count_by 4-30 fields), "
+                 "training answers from 8 tokens up (walk/repeat 8-60 characters, count_by 4-30 fields), "
                  "drawn short-first by the curriculum over answer length; evaluation at 40-60"),
 }
 

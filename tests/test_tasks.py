@@ -39,7 +39,7 @@ def eval_plus_minus(expr: str) -> int:
 
 
 def long_oracle(body: str) -> str | None:
-    """Answers of the long-answer tasks (tribonacci, count_by, repeat) re-derived from the prompt text."""
+    """Answers of the long-answer tasks (tribonacci, count_by, repeat, walk) re-derived from the prompt text."""
     if m := re.fullmatch(r"trib (\d)(\d)(\d) (\d\d)", body):
         a, b, c, n = (int(g) for g in m.groups())
         out = []
@@ -52,6 +52,13 @@ def long_oracle(body: str) -> str | None:
         return "".join(str((start + k * step) % 100).zfill(2) for k in range(n))
     if m := re.fullmatch(r"rep ([a-z0-9]+) (\d\d)", body):
         return "".join(islice(cycle(m.group(1)), int(m.group(2))))
+    if m := re.fullmatch(r"walk ((?:[a-p]{2} ){16})([a-p]) (\d\d)", body):
+        succ = dict(m.group(1).split())  # "ab" -> a: b
+        out, x = [], m.group(2)
+        for _ in range(int(m.group(3))):
+            x = succ[x]
+            out.append(x)
+        return "".join(out)
     return None
 
 
@@ -117,7 +124,7 @@ def test_answers_correct_and_scored(name: str) -> None:
         assert task.score("", ex) == 0.0
 
 
-@pytest.mark.parametrize("name", ["tribonacci", "count_by", "repeat"])
+@pytest.mark.parametrize("name", ["tribonacci", "count_by", "repeat", "walk"])
 def test_long_tasks_fill_most_of_a_64_token_window(name: str) -> None:
     task = load_task(name, 200, seed="test")
     lengths = [len(a) for a in task.answers]
@@ -128,10 +135,27 @@ def test_long_tasks_fill_most_of_a_64_token_window(name: str) -> None:
     assert max(len(a) for a in short.answers) <= 8  # the difficulty knob used by the curriculum
 
 
-def test_long_mix_mixes_the_three_long_tasks() -> None:
-    task = load_task("long_mix", 300, seed="test")
-    assert Counter(task.dataset["task"]).keys() == {"tribonacci", "count_by", "repeat"}
+def test_long_mix_is_half_walk() -> None:
+    task = load_task("long_mix", 400, seed="test")
+    counts = Counter(task.dataset["task"])
+    assert counts.keys() == {"walk", "count_by", "repeat"}
+    assert 160 <= counts["walk"] <= 240 and 60 <= counts["repeat"] <= 140
     assert task.evaluate(task.answers)["score"] == 1.0
+
+
+def test_walk_is_a_permutation_with_a_long_cycle_through_the_start() -> None:
+    for ex in load_task("walk", 200, seed="test", min_cycle=10, max_cycle=12):
+        pairs = ex["prompt"].split()[1:17]
+        assert sorted(p[0] for p in pairs) == sorted(p[1] for p in pairs) == list("abcdefghijklmnop")
+        start, answer = ex["prompt"].split()[17], ex["answer"]
+        period = answer.index(start) + 1  # the walk comes back to its start after one cycle
+        assert 10 <= period <= 12 and len(set(answer[:period])) == period
+        assert answer == (answer[:period] * 8)[: len(answer)]
+
+
+def test_walk_knobs_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_cycle"):
+        load_task("walk", 2, min_cycle=4, max_cycle=17)
 
 
 def test_prefix_match() -> None:

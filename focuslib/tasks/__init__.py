@@ -5,7 +5,7 @@
     task.evaluate(preds)               # {"score": ..., "score/chain_sum": ..., ...}
 
 Procedural tasks (chain_sum, number_sorting, spell_backward, basic_arithmetic,
-mix; the long-answer tribonacci, count_by, repeat, long_mix) use compact character-level formats (see `procedural`); their splits are
+mix; the long-answer tribonacci, count_by, repeat, walk, long_mix) use compact character-level formats (see `procedural`); their splits are
 a partition by prompt hash (hash % 10: 0-7 train, 8 validation, 9 test), so
 train/validation/test never share a problem. File-backed benchmarks (gsm8k,
 humaneval, sharegpt) are for real checkpoints (see `benchmarks`).

@@ -10,13 +10,24 @@ the range from strictly sequential to parallel decoding:
 | tribonacci   | "trib 371 48="  | 48 digits, d_i = d_{i-1}+d_{i-2}+d_{i-3} mod 10 (seeds 3,7,1) | the three digits before it: strictly sequential |
 | count_by     | "cnt 37+7 24="  | 24 two-digit fields 37 44 51 ... mod 100, no separators | the previous field and the step: sequential across fields, carries inside |
 | repeat       | "rep k3q9 48="  | "k3q9k3q9..." cut to 48 characters       | the pattern and its own offset: parallel |
-| long_mix     | any of the above | ...                                    | equal mixture                            |
+| walk         | "walk ab bc ca ... a 48=" | 48 letters, each the successor of the one before it in the listed pairs | the previous answer token, looked up in the prompt: strictly sequential |
+| long_mix     | any of the above | ...                                    | walk 1/2, count_by 1/4, repeat 1/4       |
 
 The two-digit number before "=" is the answer length (in fields for count_by), so
 the model knows where `<eos>` goes. Difficulty knob: the answer length range
 (`min_len`/`max_len`, `min_fields`/`max_fields`); training uses short answers
 first (`focuslib.training.TrainConfig.curriculum_*`). Scores are exact match;
 `prefix_match` gives the correct-prefix fraction used during training.
+
+`walk` is pointer chasing: the prompt lists a permutation of the letters a-p as
+16 pairs "xy" (y follows x) in random order, then a start letter; the answer is
+the walk from it. A token is a function of the token before it, found by an
+induction-head lookup (match the previous letter in the prompt, copy its
+partner), which small transformers learn easily, and no token can be decoded
+before its predecessor: the sequential regime. The start letter lies on a cycle
+of `min_cycle`-`max_cycle` letters, so the answer repeats only after that.
+tribonacci stays available as a task but is not in `long_mix`: its three-term
+digit sum mod 10 was not learned by the 8-layer model in 137 minutes.
 
 Why not a digit-aligned running sum or long addition: a token there must read a
 prompt digit 25-60 positions away, which a 1.6M-parameter probe did not learn in
@@ -77,9 +88,41 @@ def repeat_stream(seed: int, *, min_len: int = 40, max_len: int = 60, pattern_le
         yield {"prompt": f"rep {pattern} {n:02d}=", "answer": answer, "task": "repeat"}
 
 
-LONG_STREAMS = {"tribonacci": tribonacci_stream, "count_by": count_by_stream, "repeat": repeat_stream}
+WALK_ALPHABET: str = string.ascii_lowercase[:16]
 
-LONG_MIX_WEIGHTS: dict[str, float] = {name: 1.0 / len(LONG_STREAMS) for name in LONG_STREAMS}
+
+def walk_stream(seed: int, *, min_len: int = 40, max_len: int = 60, min_cycle: int = 8, max_cycle: int = 16) -> Iterator[Row]:
+    """Pointer chasing through a permutation of a-p: "walk ab ba cc ... a 05=" -> "babab".
+
+    The permutation is a cycle of `min_cycle`-`max_cycle` letters through the start
+    letter plus a random permutation of the remaining letters (distractor pairs).
+    """
+    _check_length("len", min_len, max_len)
+    _check_length("cycle", min_cycle, max_cycle, maximum=len(WALK_ALPHABET))
+    rng = random.Random(seed)
+    while True:
+        letters = list(WALK_ALPHABET)
+        rng.shuffle(letters)
+        length = rng.randint(min_cycle, max_cycle)
+        cycle, rest = letters[:length], letters[length:]
+        succ = {a: b for a, b in zip(cycle, cycle[1:] + cycle[:1])}
+        succ.update(zip(rest, rng.sample(rest, len(rest))))
+        pairs = [a + succ[a] for a in WALK_ALPHABET]
+        rng.shuffle(pairs)
+        n = rng.randint(min_len, max_len)
+        walk, x = [], cycle[0]
+        for _ in range(n):
+            x = succ[x]
+            walk.append(x)
+        prompt = f"walk {' '.join(pairs)} {cycle[0]} {n:02d}="
+        yield {"prompt": prompt, "answer": "".join(walk), "task": "walk"}
+
+
+LONG_STREAMS = {"tribonacci": tribonacci_stream, "count_by": count_by_stream, "repeat": repeat_stream,
+                "walk": walk_stream}
+
+# The sequential task carries half the mixture: it is the one in FOCUS's regime.
+LONG_MIX_WEIGHTS: dict[str, float] = {"walk": 0.5, "count_by": 0.25, "repeat": 0.25}
 
 
 def score_exact(prediction: str, example: Row) -> float:

@@ -12,7 +12,7 @@ task here re-formats the problem as a short canonical string ending in "=".
 | basic_arithmetic | "47+38="         | "85"      | Python `random` / reasoning-gym decimal scorer  |
 | mix              | any of the above | ...       | weighted mixture, scored per row's `task`       |
 
-The long-answer tasks of `long` (tribonacci, count_by, repeat, long_mix) share the
+The long-answer tasks of `long` (tribonacci, count_by, repeat, walk, long_mix) share the
 same streams, splits and mixture machinery.
 
 Every score is 1.0 or 0.0: reasoning-gym's partial-credit rewards are binarised
