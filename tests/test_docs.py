@@ -137,3 +137,30 @@ def test_no_file_outside_docs_cites_the_private_design_notes():
                  for rel, text in _project_text_files() if not rel.startswith("docs/")
                  for n, line in enumerate(text.splitlines()) if any(p in line for p in PRIVATE_NOTES)]
     assert not offenders, "cite docs/design.md sections instead:\n" + "\n".join(offenders)
+
+
+# ---------------------------------------------------------------- command outputs shown in the docs
+
+
+def test_doc_outputs_masks_only_wall_clock():
+    from experiments.doc_outputs import match
+
+    shown = ["accuracy 79.7% | 1475 tokens/s | 8 forward passes | 0.4 s",
+             "| run | accuracy | tokens_per_s | row_layers |", "|---|---|---|---|", "| 0 | 79.7% | 1247.7 | 18920 |"]
+    timing = ["accuracy 79.7% | 903 tokens/s | 8 forward passes | 1.2 s",
+              "| run | accuracy | tokens_per_s | row_layers |", "|---|---|---|---|", "| 0 | 79.7% | 611.0 | 18920 |"]
+    assert match(shown, timing) is not None
+    assert match(shown, [timing[0].replace("8 forward", "9 forward"), *timing[1:]]) is None
+    assert match(shown, [*timing[:3], "| 0 | 79.7% | 611.0 | 18921 |"]) is None
+    assert match(["...", shown[0], "..."], ["title", timing[0], "wrote x"]) == [None, 1, None]
+    assert match([shown[0], "..."], ["title", timing[0]]) is None  # anchored at the start
+
+
+def test_every_fast_output_block_reproduces():
+    """Rerun every command output block of README.md and docs/ (not bench/train) against the code."""
+    from experiments.doc_outputs import all_blocks, check
+
+    blocks = list(all_blocks())
+    assert len(blocks) >= 9, "output blocks disappeared from the docs"
+    errors = check(blocks, write=False)
+    assert not errors, "\n".join(errors) + "\n(regenerate: python -m experiments.doc_outputs --write)"
