@@ -20,118 +20,62 @@ must therefore be in the environment before ``kernels`` is first imported.
 
 from __future__ import annotations
 
-import os
-import warnings
-from typing import Any
+import sys
 
-import torch
+if __name__ == "kernels":
+    # This folder was imported under the bare name `kernels` (a checkout's root on sys.path:
+    # `python -m pytest`, `python -m experiments.<app>` from the checkout). That name belongs
+    # to Hugging Face's `kernels` package, which transformers imports when it is installed;
+    # focuslib's kernels are `focuslib.kernels`. Hand the name over to the installed package.
+    import importlib.machinery
+    import importlib.util
+    from pathlib import Path
 
-# --- shared helpers; defined before the submodule imports below use them -------------
+    _checkout = Path(__file__).resolve().parents[1]
+    _spec = importlib.machinery.PathFinder.find_spec(
+        "kernels", [p for p in sys.path if Path(p or ".").resolve() != _checkout])
+    if _spec is None or _spec.loader is None:
+        raise ImportError("`kernels` is Hugging Face's package, which is not installed; "
+                          "focuslib's kernels are imported as `focuslib.kernels`")
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _module  # an import statement returns what sys.modules holds
+    _spec.loader.exec_module(_module)
+else:
+    from .dispatch import (  # noqa: F401
+        FORCE_ENV, TRITON_AVAILABLE, TRITON_IMPORT_ERROR, check_launchable, next_pow2, triton_forced, use_triton,
+    )
+    from .compaction import (  # noqa: E402
+        compact_rows,
+        compact_rows_reference,
+        gather_rows,
+        gather_rows_reference,
+    )
+    from .dyllm import (  # noqa: E402
+        cosine_rows,
+        dyllm_context_update,
+        dyllm_context_update_reference,
+        dyllm_update_and_cosine,
+        dyllm_update_and_cosine_reference,
+    )
+    from .importance import focus_importance, focus_importance_reference, masked_importance  # noqa: E402
+    from .selection import focus_select, focus_select_reference  # noqa: E402
 
-TRITON_IMPORT_ERROR: str | None = None
-try:  # guarded: a CPU-only install without triton must still import the package
-    import triton  # noqa: F401
-    import triton.language as tl  # noqa: F401
-
-    TRITON_AVAILABLE = True
-except Exception as exc:  # noqa: BLE001 - any import failure means "no triton"
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
-    TRITON_AVAILABLE = False
-    TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
-FORCE_ENV = "FOCUSLIB_FORCE_TRITON"
-_warned_fallback = False
-
-
-def triton_forced() -> bool:
-    """True when ``FOCUSLIB_FORCE_TRITON=1`` (read at call time, so tests can flip it)."""
-    return os.environ.get(FORCE_ENV, "0") == "1"
-
-
-def use_triton(*tensors: torch.Tensor) -> bool:
-    """Decide the dispatch path for a kernel call on ``tensors``.
-
-    Forced -> Triton, raising if Triton is missing (never a silent fallback).
-    CUDA tensors -> Triton when available, else the reference with one warning.
-    Anything else -> the reference.
-    """
-    if triton_forced():
-        if not TRITON_AVAILABLE:
-            raise RuntimeError(
-                f"{FORCE_ENV}=1 but triton failed to import ({TRITON_IMPORT_ERROR})"
-            )
-        return True
-    if not any(t.is_cuda for t in tensors):
-        return False
-    if not TRITON_AVAILABLE:
-        global _warned_fallback
-        if not _warned_fallback:
-            warnings.warn(
-                f"triton unavailable ({TRITON_IMPORT_ERROR}); kernels use PyTorch references",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _warned_fallback = True
-        return False
-    return True
-
-
-def check_launchable(kernel: Any, tensor: torch.Tensor) -> None:
-    """Fail with a clear message when a compiled kernel is about to get CPU tensors.
-
-    Compiled Triton kernels need a GPU; on CPU tensors they only run when they were
-    created in interpreter mode (``TRITON_INTERPRET=1`` before importing ``kernels``).
-    Without this check the user gets an obscure driver error instead.
-    """
-    if tensor.is_cuda:
-        return
-    if type(kernel).__name__ != "InterpretedFunction":
-        raise RuntimeError(
-            "Triton kernel called on CPU tensors but it was not built in interpreter "
-            "mode: set TRITON_INTERPRET=1 before the first `import focuslib.kernels`"
-        )
-
-
-def next_pow2(n: int, minimum: int = 1) -> int:
-    """Smallest power of two >= max(n, minimum) (Triton block sizes must be 2^k)."""
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
-
-
-# --- public API ----------------------------------------------------------------------
-
-from .compaction import (  # noqa: E402
-    compact_rows,
-    compact_rows_reference,
-    gather_rows,
-    gather_rows_reference,
-)
-from .dyllm import (  # noqa: E402
-    cosine_rows,
-    dyllm_context_update,
-    dyllm_context_update_reference,
-    dyllm_update_and_cosine,
-    dyllm_update_and_cosine_reference,
-)
-from .importance import focus_importance, focus_importance_reference, masked_importance  # noqa: E402
-from .selection import focus_select, focus_select_reference  # noqa: E402
-
-__all__ = [
-    "TRITON_AVAILABLE",
-    "TRITON_IMPORT_ERROR",
-    "compact_rows",
-    "compact_rows_reference",
-    "cosine_rows",
-    "dyllm_context_update",
-    "dyllm_context_update_reference",
-    "dyllm_update_and_cosine",
-    "dyllm_update_and_cosine_reference",
-    "focus_importance",
-    "focus_importance_reference",
-    "masked_importance",
-    "focus_select",
-    "focus_select_reference",
-    "gather_rows",
-    "gather_rows_reference",
-    "use_triton",
-]
+    __all__ = [
+        "TRITON_AVAILABLE",
+        "TRITON_IMPORT_ERROR",
+        "compact_rows",
+        "compact_rows_reference",
+        "cosine_rows",
+        "dyllm_context_update",
+        "dyllm_context_update_reference",
+        "dyllm_update_and_cosine",
+        "dyllm_update_and_cosine_reference",
+        "focus_importance",
+        "focus_importance_reference",
+        "masked_importance",
+        "focus_select",
+        "focus_select_reference",
+        "gather_rows",
+        "gather_rows_reference",
+        "use_triton",
+    ]

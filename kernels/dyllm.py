@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from . import TRITON_AVAILABLE, check_launchable, next_pow2, use_triton
+from .dispatch import TRITON_AVAILABLE, check_launchable, next_pow2, use_triton
 
 if TRITON_AVAILABLE:
     import triton

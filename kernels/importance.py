@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import TRITON_AVAILABLE, check_launchable, next_pow2, use_triton
+from .dispatch import TRITON_AVAILABLE, check_launchable, next_pow2, use_triton
 
 if TRITON_AVAILABLE:
     import triton

@@ -50,7 +50,7 @@ enforcement); the mark is ``FocusState.rightmost_processed`` in
 
 import torch
 
-from . import TRITON_AVAILABLE, check_launchable, next_pow2, use_triton
+from .dispatch import TRITON_AVAILABLE, check_launchable, next_pow2, use_triton
 
 if TRITON_AVAILABLE:
     import triton

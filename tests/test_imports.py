@@ -121,3 +121,25 @@ def test_lazy_exports_are_the_functions_not_the_submodules():
             "assert inspect.isfunction(evaluate) and inspect.isfunction(focuslib.evaluate), focuslib.evaluate\n"
             "assert inspect.isfunction(load_trace) and inspect.isclass(DiffusionDecoder)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_bare_name_kernels_is_hugging_faces_package_not_this_folder(tmp_path):
+    """From a checkout's root (on sys.path), `import kernels` must not shadow Hugging Face's `kernels`
+    (transformers imports it when installed); without it installed, the error names focuslib.kernels."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = "import kernels, focuslib.kernels as ours; print(kernels.__file__); print(ours.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    try:
+        importlib.metadata.version("kernels")  # the distribution, whatever sys.path's order
+        installed = True
+    except importlib.metadata.PackageNotFoundError:
+        installed = False
+    if installed:
+        theirs, ours = out.stdout.split()
+        assert "site-packages" in theirs and Path(ours).parent == root / "kernels", out
+    else:
+        assert out.returncode != 0 and "focuslib.kernels" in out.stderr, out

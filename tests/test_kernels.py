@@ -350,7 +350,7 @@ def test_dispatch_uses_reference_on_cpu(monkeypatch):
 
 def test_forced_triton_without_triton_raises(monkeypatch):
     monkeypatch.setenv(kernels.FORCE_ENV, "1")
-    monkeypatch.setattr(kernels, "TRITON_AVAILABLE", False)
+    monkeypatch.setattr(kernels.dispatch, "TRITON_AVAILABLE", False)  # where use_triton reads it
     with pytest.raises(RuntimeError, match="triton"):
         kernels.focus_select(*hand_batch(["gate"])[:4])
 
