@@ -214,13 +214,10 @@ def check(blocks: Sequence[Block], write: bool) -> list[str]:
             outputs = run_commands(block.commands, Path(tmp))
         bad = [k for k, (s, a) in enumerate(zip(block.shown, outputs)) if match(s, a) is None]
         print(f"{'drift' if bad else 'ok   '} {block.where}: {' && '.join(block.commands)[:100]}", flush=True)
-        if not bad:
-            if write:
-                edits.setdefault(block.path, []).append((block.span, render(block, outputs)))
-            continue
-        new = render(block, outputs) if write else None
+        new = render(block, outputs) if write else None  # None also: an elided block that drifted
         if new is not None:
             edits.setdefault(block.path, []).append((block.span, new))
+        if new is not None or not bad:
             continue
         k = bad[0]
         errors.append(f"{block.where}: `{block.commands[k]}` prints\n" + "\n".join(
