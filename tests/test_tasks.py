@@ -52,7 +52,7 @@ def long_oracle(body: str) -> str | None:
         return "".join(str((start + k * step) % 100).zfill(2) for k in range(n))
     if m := re.fullmatch(r"rep ([a-z0-9]+) (\d\d)", body):
         return "".join(islice(cycle(m.group(1)), int(m.group(2))))
-    if m := re.fullmatch(r"walk ((?:[a-p]{2} ){16})([a-p]) (\d\d)", body):
+    if m := re.fullmatch(r"walk ((?:[a-p]{2} ){2,16})([a-p]) (\d\d)", body):
         succ = dict(m.group(1).split())  # "ab" -> a: b
         out, x = [], m.group(2)
         for _ in range(int(m.group(3))):
@@ -153,9 +153,26 @@ def test_walk_is_a_permutation_with_a_long_cycle_through_the_start() -> None:
         assert answer == (answer[:period] * 8)[: len(answer)]
 
 
+def test_walk_on_fewer_letters_is_a_permutation_of_a_random_subset() -> None:
+    sizes = Counter()
+    for ex in load_task("walk", 300, seed="test", min_letters=4, max_letters=6):
+        pairs = ex["prompt"].split()[1:-2]
+        firsts, seconds = sorted(p[0] for p in pairs), sorted(p[1] for p in pairs)
+        assert firsts == seconds and len(set(firsts)) == len(firsts)
+        sizes[len(pairs)] += 1
+        assert ex["answer"] == oracle(ex["prompt"]) and set(ex["answer"]) <= set(firsts)
+    assert sizes.keys() == {4, 5, 6}
+    letters_seen = {c for ex in load_task("walk", 100, seed="test", min_letters=4, max_letters=4) for c in ex["answer"]}
+    assert len(letters_seen) > 8  # a random subset of a-p per problem, not always the same four
+
+
 def test_walk_knobs_are_checked() -> None:
     with pytest.raises(ValueError, match="max_cycle"):
         load_task("walk", 2, min_cycle=4, max_cycle=17)
+    with pytest.raises(ValueError, match="max_letters"):
+        load_task("walk", 2, min_letters=4, max_letters=17)
+    with pytest.raises(ValueError, match="at least 2 letters"):
+        load_task("walk", 2, min_letters=1, max_letters=4)
 
 
 def test_prefix_match() -> None:

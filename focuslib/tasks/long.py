@@ -26,6 +26,8 @@ induction-head lookup (match the previous letter in the prompt, copy its
 partner), which small transformers learn easily, and no token can be decoded
 before its predecessor: the sequential regime. The start letter lies on a cycle
 of `min_cycle`-`max_cycle` letters, so the answer repeats only after that.
+`min_letters`/`max_letters` (default 16) draw fewer pairs per problem, from a
+random subset of a-p: a shorter lookup table for training to start on.
 tribonacci stays available as a task but is not in `long_mix`: its three-term
 digit sum mod 10 was not learned by the 8-layer model in 137 minutes.
 
@@ -91,23 +93,33 @@ def repeat_stream(seed: int, *, min_len: int = 40, max_len: int = 60, pattern_le
 WALK_ALPHABET: str = string.ascii_lowercase[:16]
 
 
-def walk_stream(seed: int, *, min_len: int = 40, max_len: int = 60, min_cycle: int = 8, max_cycle: int = 16) -> Iterator[Row]:
+def walk_stream(seed: int, *, min_len: int = 40, max_len: int = 60, min_cycle: int = 8, max_cycle: int = 16,
+                min_letters: int = 16, max_letters: int = 16) -> Iterator[Row]:
     """Pointer chasing through a permutation of a-p: "walk ab ba cc ... a 05=" -> "babab".
 
     The permutation is a cycle of `min_cycle`-`max_cycle` letters through the start
     letter plus a random permutation of the remaining letters (distractor pairs).
+    `min_letters`/`max_letters` < 16 draw a random subset of a-p per problem (fewer
+    pairs, cycles clipped to its size): an easier lookup for training to start on.
     """
     _check_length("len", min_len, max_len)
     _check_length("cycle", min_cycle, max_cycle, maximum=len(WALK_ALPHABET))
+    _check_length("letters", min_letters, max_letters, maximum=len(WALK_ALPHABET))
+    if min_letters < 2:
+        raise ValueError(f"a walk needs at least 2 letters, got min_letters={min_letters}")
     rng = random.Random(seed)
     while True:
         letters = list(WALK_ALPHABET)
         rng.shuffle(letters)
-        length = rng.randint(min_cycle, max_cycle)
+        if min_letters < max_letters:  # the default (all 16) draws nothing, so its problems stay the same
+            letters = letters[:rng.randint(min_letters, max_letters)]
+        else:
+            letters = letters[:max_letters]
+        length = rng.randint(min(min_cycle, len(letters)), min(max_cycle, len(letters)))
         cycle, rest = letters[:length], letters[length:]
         succ = {a: b for a, b in zip(cycle, cycle[1:] + cycle[:1])}
         succ.update(zip(rest, rng.sample(rest, len(rest))))
-        pairs = [a + succ[a] for a in WALK_ALPHABET]
+        pairs = [a + succ[a] for a in WALK_ALPHABET if a in succ]
         rng.shuffle(pairs)
         n = rng.randint(min_len, max_len)
         walk, x = [], cycle[0]
