@@ -15,6 +15,9 @@ for eviction stacks, whose traces include eviction), and to every row
 row_layer_bound = (1 - row_layers / dense row_layers) / dense oracle_saving: the share of
 the oracle's row-layer saving the stack achieves (0 for dense, negative when it computes more).
 
+A stack may also set `cache_options` (merged over `cache.options`): `eviction=focus_legacy` as
+it ran before it matched the authors' code needs `stacks.<name>.cache_options.attend_beyond_last_row=true`.
+
 `scores=[imp1,leftmost,...]` adds one stack per ranking score (`focus:<score>`: FOCUS's keep
 rule and budget, only the score swapped). With `quality=true` (default) one extra, untimed run
 per eviction stack labels every step by the same step run without eviction
@@ -63,6 +66,13 @@ def score_stacks(cfg: DictConfig) -> dict[str, DictConfig]:
         spec = OmegaConf.merge(cfg.stacks.focus, {"eviction": {"score": score}})
         stacks[f"focus:{score}"] = spec
     return stacks
+
+
+def stack_cache_options(cfg: DictConfig, spec: DictConfig) -> dict[str, Any]:
+    """The cache options a stack runs with: cfg.cache.options, updated by the stack's own `cache_options`
+    (e.g. the legacy FOCUS stack's delayed cache attending beyond its last row)."""
+    merged = OmegaConf.merge(cfg.cache.get("options") or {}, spec.get("cache_options") or {})
+    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
 
 
 def quality_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_size: int) -> dict[str, Any]:
@@ -149,8 +159,8 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
     for batch_size, name in tqdm(cells, desc="bench", unit="cell"):
         eviction, budget = build_stack(stacks[name])
         decoder = DiffusionDecoder(model, unmasking, eviction, budget, block_size=cfg.block_size,
-                                   cache=cfg.cache.mode,
-                                   cache_options=OmegaConf.to_container(cfg.cache.get("options", {})), tokenizer=tok)
+                                   cache=cfg.cache.mode, cache_options=stack_cache_options(cfg, stacks[name]),
+                                   tokenizer=tok)
         tqdm.write(f"batch {batch_size:>3}  {name}", file=sys.stderr)  # progress: stdout is the table
         row = {"stack": name, **time_cell(decoder, task, cfg, batch_size)}
         if cfg.get("regime", True) and name == "dense":

@@ -442,6 +442,12 @@ def plan_bench(cfg: DictConfig, stacks: dict[str, Any]) -> None:
         key = f"stacks.{name}"
         eviction = _build(spec, "eviction", problems, prefix=f"{key}.eviction")
         _build(spec, "budget", problems, prefix=f"{key}.budget")
+        for extra in sorted(set(spec or {}) - {"eviction", "budget", "cache_options"}):
+            problems.append(f"{key}.{extra}: a stack has only eviction, budget and cache_options")
+        allowed = CACHE_OPTIONS.get(cfg.cache.mode, ())
+        for option in sorted(set((spec or {}).get("cache_options") or {}) - set(allowed)):
+            problems.append(f"{key}.cache_options.{option}: cache mode {cfg.cache.mode!r} has no such option; "
+                            f"its options: {list(allowed)}")
         built[name] = (spec, eviction)
     task, options = None, cfg.task.get("options")
     try:

@@ -14,7 +14,8 @@ wall-clock numbers (tokens/s, seconds, speedups, Pareto marks, the report's nois
 paragraphs), timestamps and absolute paths are masked on both sides. A block may elide
 lines with a line `...` (its other lines must appear in order); `--write` then refreshes the
 lines it can match and refuses a block whose deterministic lines changed. Commands that take
-minutes (`experiments.bench`, `experiments.train`, `torchrun`) run only with `--slow`.
+minutes (`experiments.bench`, `experiments.train`, `experiments.overhead`, `torchrun`) run only
+with `--slow`.
 
     python -m experiments.doc_outputs                 # check the fast blocks (a test runs this)
     python -m experiments.doc_outputs --slow --write  # regenerate everything (minutes)
@@ -35,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = ("README.md", "docs/experiments.md")
-SLOW_COMMANDS = ("experiments.bench", "experiments.train", "torchrun")
+SLOW_COMMANDS = ("experiments.bench", "experiments.train", "experiments.overhead", "torchrun")
 FENCE = re.compile(r"^```\n(\$ .*?)^```$", re.MULTILINE | re.DOTALL)
 MARKED = re.compile(r"^<!-- doc-output: (.+?) -->\n(.*?)^<!-- /doc-output -->$", re.MULTILINE | re.DOTALL)
 # Table columns whose cells are wall-clock measurements (or derived from them).

@@ -103,10 +103,11 @@ def main() -> None:
     length = Counter(map(len, pool)).most_common(1)[0][0]  # the minimal loop takes equal-length prompts
     prompts = [p for p in pool if len(p) == length][:max(args.batch_sizes)]
     ids = torch.tensor([tok.encode(p, add_special_tokens=False) for p in prompts])
-    print("| batch | decoder tokens/s | minimal loop tokens/s | decoder / minimal |\n|---|---|---|---|")
+    print("| model | batch | decoder tokens/s | minimal loop tokens/s | decoder / minimal |\n|---|---|---|---|---|")
     for b in args.batch_sizes:
         r = measure(model, ids[:b], args.gen_length, args.repeats)
-        print(f"| {b} | {r['decoder_tokens_per_s']:.0f} | {r['minimal_tokens_per_s']:.0f} | {r['ratio']:.2f} |")
+        print(f"| {args.model} (gen {args.gen_length}) | {b} | {r['decoder_tokens_per_s']:.0f} "
+              f"| {r['minimal_tokens_per_s']:.0f} | {r['ratio']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -44,3 +44,56 @@ def test_bench_app_writes_json_table_and_plot(tmp_path):
     assert proc.stdout.startswith("| stack | batch_size | tokens_per_s | speedup | row_layers |")
     assert "_target_" not in proc.stdout and "threshold:" not in proc.stdout
     assert (out / "bench.png").stat().st_size > 10_000
+
+
+def compose_bench(overrides: list[str]):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        return compose("bench", overrides=["n_examples=4", *overrides])
+
+
+LEGACY = ["+eviction@stacks.legacy.eviction=focus_legacy", "+budget@stacks.legacy.budget=focus",
+          "+stacks.legacy.cache_options.attend_beyond_last_row=true"]
+
+
+def test_a_stack_runs_with_its_own_cache_options():
+    from focuslib.experiments.bench import stack_cache_options
+
+    cfg = compose_bench(LEGACY)
+    assert stack_cache_options(cfg, cfg.stacks.legacy) == {"attend_beyond_last_row": True}
+    assert stack_cache_options(cfg, cfg.stacks.focus) == {"attend_beyond_last_row": False}  # conf/cache/delayed.yaml
+
+
+def test_run_bench_builds_each_stack_with_its_cache_options(monkeypatch):
+    from focuslib.experiments import bench
+
+    seen = {}
+
+    class Recording(bench.DiffusionDecoder):
+        def __init__(self, model, unmasking, eviction=None, *args, cache_options=None, **kwargs):
+            seen[type(eviction).__name__ if eviction else "dense"] = cache_options
+            super().__init__(model, unmasking, eviction, *args, cache_options=cache_options, **kwargs)
+
+    monkeypatch.setattr(bench, "DiffusionDecoder", Recording)
+    cfg = compose_bench([*LEGACY, "batch_sizes=[4]", "repeats=1", "regime=false", "quality=false",
+                         "~stacks.dyllm", "~stacks.focus_dyllm", "~stacks.focus"])
+    rows = bench.run_bench(cfg)
+    assert [r["stack"] for r in rows] == ["dense", "legacy"]
+    assert seen == {"dense": {"attend_beyond_last_row": False}, "Focus": {"attend_beyond_last_row": True}}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+stacks.legacy.cache_option.attend_beyond_last_row=true", "stacks.legacy.cache_option: a stack has only"),
+    ("+stacks.legacy.cache_options.attend_beyond=true", "stacks.legacy.cache_options.attend_beyond: cache mode"),
+])
+def test_bench_names_a_bad_stack_key(override, message):
+    from focuslib.experiments.bench import score_stacks
+    from focuslib.experiments.config_checks import ConfigError, plan_bench
+
+    cfg = compose_bench([*LEGACY[:2], override])
+    with pytest.raises(ConfigError, match=message):
+        plan_bench(cfg, score_stacks(cfg))
