@@ -19,7 +19,7 @@ import time
 import torch
 from torch import Tensor
 
-from focuslib.model import Transformer, attend
+from focuslib.model import Transformer, attend, rope_tables
 
 
 @torch.inference_mode()
@@ -42,9 +42,10 @@ def minimal_block_loop(model: Transformer, prompts: Tensor, gen_length: int, thr
         start, end = block * bs, min((block + 1) * bs, t)
         pos = torch.arange(final, end).expand(b, -1)  # [B, L]
         h = model.embed_rows(x[:, final:end], pos, answer_start)
+        rope = rope_tables(cfg, pos)
         mask = (torch.arange(end)[None, :] // bs <= pos[0][:, None] // bs).expand(b, -1, -1)  # [B, L, end]
         for i, layer in enumerate(model.layers):
-            q, k, v = layer.qkv(h, pos)
+            q, k, v = layer.qkv(h, rope)
             k_cache[i, :, final:end], v_cache[i, :, final:end] = k, v
             h = h + layer.attn_out(attend(q, k_cache[i, :, :end], v_cache[i, :, :end], mask))
             h = h + layer.ffn(h)

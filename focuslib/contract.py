@@ -137,6 +137,7 @@ class LayerCall:
     mask: Tensor  # [B, L, T+1] bool, True = row may attend the key position (column T: the trash column)
     kv: "KVSlot"
     step: StepView
+    rope: tuple[Tensor, Tensor]  # cos, sin of the valid rows, packed as rows.packer packs them
 
 
 class KVSlot:

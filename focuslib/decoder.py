@@ -31,7 +31,7 @@ from focuslib.cache import CACHE_OPTIONS, BlockView, CacheMode, KVCache, cache_m
 from focuslib.contract import BudgetPolicy, CommitView, LayerCall, LayerView, Projection, StepView
 from focuslib.eviction import EvictionStack, StackState
 from focuslib.families import get_family
-from focuslib.layer import DenseRunner
+from focuslib.layer import DenseRunner, packed_rope
 from focuslib.model import Transformer
 from focuslib.rows import Rows
 from focuslib.trace import TraceRecorder
@@ -336,10 +336,12 @@ class DiffusionDecoder:
         keys = _Keys(reusable=reusable, at_start=reusable | rows.as_mask(t), stale=self.eviction.evicted_keys == "stale")
         mask = self._attention_mask(rows, keys.at_start)  # [B, L, T+1], rebuilt only when rows change
         masked_rows = masked_block.gather(1, rows.pos) & rows.valid
+        rope = packed_rope(self.cfg, rows.pos, rows.packer)  # rebuilt only when rows change
         views: dict[int, LayerView] = {}
         computed: list[Tensor] = []  # per layer, 0-dim count of rows that really ran
         for i, layer in enumerate(self.model.layers):
-            x = LayerCall(index=i, layer=layer, h=h, rows=rows, mask=mask, kv=call.cache.layer(i), step=step)
+            x = LayerCall(index=i, layer=layer, h=h, rows=rows, mask=mask, kv=call.cache.layer(i), step=step,
+                          rope=rope)
             proj = runner.project(x)
             lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step)
             if call.recorder is not None and i in call.recorder.layers:
@@ -348,7 +350,8 @@ class DiffusionDecoder:
             keep = self.eviction.at_qkv(lv, call.policies) if evict else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
-                x = replace(x, h=h, rows=rows, mask=mask)
+                rope = packed_rope(self.cfg, rows.pos, rows.packer)
+                x = replace(x, h=h, rows=rows, mask=mask, rope=rope)
             out = runner.complete(x, proj)
             h = out.h
             computed.append(out.computed.sum())
@@ -356,6 +359,7 @@ class DiffusionDecoder:
                                              call.policies) if evict else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
+                rope = packed_rope(self.cfg, rows.pos, rows.packer)
         for i, n in enumerate(torch.stack(computed).tolist()):
             call.stats.row_layers += n
             call.stats.row_layers_per_layer[i] += n

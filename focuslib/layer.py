@@ -15,14 +15,23 @@ from __future__ import annotations
 from torch import Tensor
 
 from focuslib.contract import KVSlot, LayerCall, LayerOutput, LayerRunner, Projection
-from focuslib.model import Layer, attend
+from focuslib.model import Layer, ModelConfig, attend, rope_tables
 from focuslib.rows import RowPacker
 
 
-def project_rows(layer: Layer, h: Tensor, pos: Tensor, packer: RowPacker) -> tuple[Tensor, Tensor, Tensor]:
-    """q [B, L, H, D], k, v [B, L, G, D] of rows h [B, L, C] at positions pos [B, L] (valid rows only)."""
-    q, k, v = layer.qkv(packer.pack(h), packer.pack(pos))
+def project_rows(layer: Layer, h: Tensor, rope: tuple[Tensor, Tensor], packer: RowPacker
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """q [B, L, H, D], k, v [B, L, G, D] of rows h [B, L, C] (valid rows only).
+
+    rope: cos/sin of the packed rows (`packed_rope`), computed once for every layer over the same rows.
+    """
+    q, k, v = layer.qkv(packer.pack(h), rope)
     return packer.unpack(q), packer.unpack(k), packer.unpack(v)
+
+
+def packed_rope(cfg: ModelConfig, pos: Tensor, packer: RowPacker) -> tuple[Tensor, Tensor]:
+    """RoPE tables of the valid rows at positions pos [B, L], packed as `packer` packs rows."""
+    return rope_tables(cfg, packer.pack(pos))
 
 
 def attend_rows(q: Tensor, kv: KVSlot, mask: Tensor) -> Tensor:
@@ -42,7 +51,7 @@ class DenseRunner(LayerRunner):
     """Every row's Q/K/V, attention and FFN (K/V of every row written before the eviction point)."""
 
     def project(self, x: LayerCall) -> Projection:
-        q, k, v = project_rows(x.layer, x.h, x.rows.pos, x.rows.packer)
+        q, k, v = project_rows(x.layer, x.h, x.rope, x.rows.packer)
         x.kv.write(x.rows.pos, x.rows.valid, k, v)
         return Projection(q=q, k=k)
 
@@ -51,4 +60,4 @@ class DenseRunner(LayerRunner):
         return LayerOutput(h=h, computed=x.rows.valid)
 
 
-__all__ = ["DenseRunner", "attend_rows", "finish_rows", "project_rows"]
+__all__ = ["DenseRunner", "attend_rows", "finish_rows", "packed_rope", "project_rows"]

@@ -15,8 +15,9 @@ Two ways to run it:
   carries its absolute position, so rows can be gathered and scattered freely:
 
       h = model.embed(ids, pos)                       # [B, L, C]
+      rope = rope_tables(model.cfg, pos)              # cos, sin [B, L, R]: once, for every layer
       for layer in model.layers:
-          q, k, v = layer.qkv(h, pos)                 # [B, L, H|G, D]
+          q, k, v = layer.qkv(h, rope)                # [B, L, H|G, D]
           ctx = attend(q, K, V, mask)                 # K, V: [B, T, G, D] (cache)
           h = h + layer.attn_out(ctx)
           h = h + layer.ffn(h)
@@ -118,6 +119,14 @@ def rope_cos_sin(pos: Tensor, rotary_dim: int, theta: float) -> tuple[Tensor, Te
     freqs = pos.float()[..., None] * inv_freq  # [B, L, rotary_dim/2]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
+
+
+def rope_tables(cfg: ModelConfig, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """cos/sin [B, L, R] of rows at positions pos [B, L] for cfg's rotary dims and base (R = rotary dim).
+
+    Computed once per set of rows and handed to every layer (`Layer.qkv`), as gpt-fast's freqs_cis.
+    """
+    return rope_cos_sin(pos, cfg.rotary_dim or cfg.head_dim, cfg.rope_theta)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -231,8 +240,11 @@ class Layer(nn.Module):
         sparse = cfg.moe is not None and index >= cfg.moe.first_k_dense
         self.mlp = MoE(cfg.dim, cfg.moe) if sparse else SwiGLU(cfg.dim, cfg.intermediate_size)
 
-    def qkv(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q [B, L, H, D], k, v [B, L, G, D] of rows h [B, L, C] at positions pos [B, L] (post-norm, post-RoPE)."""
+    def qkv(self, h: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, L, H, D], k, v [B, L, G, D] of rows h [B, L, C] (post-norm, post-RoPE).
+
+        rope: the rows' cos/sin tables [B, L, R] (`rope_tables` of their positions).
+        """
         a = self.attn
         (nh, ng, d), (b, l) = a.shape, h.shape[:2]
         x = self.attn_norm(h)
@@ -241,7 +253,7 @@ class Layer(nn.Module):
         v = a.wv(x).view(b, l, ng, d)
         if a.q_norm is not None:
             q, k = a.q_norm(q), a.k_norm(k)
-        cos, sin = rope_cos_sin(pos, self.cfg.rotary_dim or d, self.cfg.rope_theta)
+        cos, sin = rope
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def attn_out(self, ctx: Tensor) -> Tensor:
@@ -308,8 +320,9 @@ class Transformer(nn.Module):
             mask = mask & key_valid[:, None, :]
             mask = mask | torch.eye(t, dtype=torch.bool, device=mask.device)  # padded rows attend themselves
         h = self.embed_rows(input_ids, pos, answer_start)
+        rope = rope_tables(self.cfg, pos)
         for layer in self.layers:
-            q, k, v = layer.qkv(h, pos)
+            q, k, v = layer.qkv(h, rope)
             h = h + layer.attn_out(attend(q, k, v, mask))
             h = h + layer.ffn(h)
         return self.logits(h)
@@ -332,4 +345,4 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-__all__ = ["ModelConfig", "MoEConfig", "Transformer", "Layer", "attend", "rope_cos_sin", "apply_rope"]
+__all__ = ["ModelConfig", "MoEConfig", "Transformer", "Layer", "attend", "rope_cos_sin", "rope_tables", "apply_rope"]

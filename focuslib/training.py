@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focuslib.model import ModelConfig, Transformer
+from focuslib.model import ModelConfig, Transformer, rope_tables
 
 # --------------------------------------------------------------------------- tokenizer
 
@@ -254,8 +254,9 @@ def forward_with_mask(model: Transformer, ids: Tensor, pos: Tensor, mask: Tensor
     """
     bias = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(~mask, float("-inf"))[:, None]
     h = model.embed_rows(ids, pos, answer_start)
+    rope = rope_tables(model.cfg, pos)
     for layer in model.layers:
-        q, k, v = layer.qkv(h, pos)
+        q, k, v = layer.qkv(h, rope)
         h = h + layer.attn_out(attend_math(q, k, v, bias.to(q.dtype)))
         h = h + layer.ffn(h)
     return model.logits(h)

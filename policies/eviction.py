@@ -29,7 +29,7 @@ from torch import Tensor
 from focuslib.contract import (
     BudgetPolicy, CommitView, EvictionPolicy, LayerCall, LayerOutput, LayerRunner, LayerView, Projection,
 )
-from focuslib.layer import attend_rows, finish_rows, project_rows
+from focuslib.layer import attend_rows, finish_rows, packed_rope, project_rows
 from focuslib.rows import RowPacker, Rows
 from focuslib.kernels import compact_rows, dyllm_update_and_cosine, focus_select, gather_rows, masked_importance
 
@@ -473,7 +473,9 @@ class _DyLLMCaches:
         pos = torch.where(valid, gather_rows(x.rows.pos, index), self.trash)  # [B, U]
         dv = torch.zeros_like(x.kv.v)
         if index.shape[1]:
-            q, k, v = project_rows(x.layer, gather_rows(x.h, index), gather_rows(x.rows.pos, index), RowPacker(valid))
+            packer = RowPacker(valid)
+            rope = packed_rope(x.layer.cfg, gather_rows(x.rows.pos, index), packer)
+            q, k, v = project_rows(x.layer, gather_rows(x.h, index), rope, packer)
             v_old = gather_rows(x.kv.v, pos)
             x.kv.write(pos, valid, k, v)  # pos is the trash column where valid is False
             self.put(dv, pos, torch.where(valid[:, :, None, None], v.to(dv.dtype) - v_old, 0.0))

@@ -30,6 +30,8 @@ from fractions import Fraction
 
 import torch
 
+from focuslib.model import rope_tables
+
 
 # ----------------------------------------------------------------------------- budget
 
@@ -213,7 +215,7 @@ def replay(model, prompt: list[int], gen_length: int, cache: str, budget: Budget
         visible = list(at_start)
         imp0: dict[int, float] = {}
         for i, layer in enumerate(model.layers):
-            q, k, v = (a[0] for a in layer.qkv(h[None], pos[None]))
+            q, k, v = (a[0] for a in layer.qkv(h[None], rope_tables(model.cfg, pos[None])))
             kc[i, pos] = k.to(dtype)
             vc[i, pos] = v.to(dtype)
             if i in (0, eviction_layer):

@@ -14,6 +14,7 @@ import functools
 import pytest
 import torch
 
+from focuslib.model import rope_tables
 from focuslib.decoder import DiffusionDecoder
 from focuslib.testing import TINY_EOS, TINY_MASK, scramble_parameters, sharpen, tiny_char_tokenizer, tiny_model
 from focuslib.policies.unmasking import LowConfidence, Threshold
@@ -170,23 +171,24 @@ def test_block_families_match_naive_block_causal_loop(family):
 # 4. prefix and dual follow Fast-dLLM: which rows are recomputed at which step
 
 
-def record_rows(model) -> tuple[list[list[list[int]]], callable]:
-    """Wrap every layer's qkv to record the positions it runs: calls[forward][layer] = positions."""
+def record_rows() -> tuple[list[list[list[int]]], callable]:
+    """Wrap the dense layer runner's Q/K/V half to record the positions each layer runs:
+    calls[forward][layer] = positions (sequence 0's valid rows)."""
+    from focuslib.layer import DenseRunner
+
     calls: list[list[list[int]]] = []
-    for i, layer in enumerate(model.layers):
-        original = layer.qkv
+    original = DenseRunner.project
 
-        def qkv(h, pos, _i=i, _orig=original):
-            if _i == 0:
-                calls.append([])
-            calls[-1].append(pos[0].tolist())
-            return _orig(h, pos)
+    def project(self, x):
+        if x.index == 0:
+            calls.append([])
+        calls[-1].append(x.rows.pos[0][x.rows.valid[0]].tolist())
+        return original(self, x)
 
-        layer.qkv = qkv
+    DenseRunner.project = project
 
     def restore():
-        for layer in model.layers:
-            del layer.qkv  # drops the instance attribute, the method shows again
+        DenseRunner.project = original
     return calls, restore
 
 
@@ -211,7 +213,7 @@ def test_prefix_and_dual_recompute_fast_dllm_rows(family):
     row_layers = {}
     model = sharp_model(family)
     for cache, want in expected.items():
-        calls, restore = record_rows(model)
+        calls, restore = record_rows()
         try:
             out = decoder(family, cache, "low_confidence").generate([prompt], gen_length=GEN, steps=GEN,
                                                                     stop_at_eos=False)
@@ -259,7 +261,7 @@ def naive_fast_dllm_decode(model, prompt: list[int], mode: str, policy: str, ste
             pos = torch.tensor([rows])
             h = model.embed_rows(x[:, rows], pos)
             for i, layer in enumerate(model.layers):
-                q, k, v = layer.qkv(h, pos)
+                q, k, v = layer.qkv(h, rope_tables(model.cfg, pos))
                 if step == 0:
                     keys[i], values[i] = k.clone(), v.clone()
                 else:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from focuslib.loading import checkpoint_state_dict
-from focuslib.model import MoE, MoEConfig, attend
+from focuslib.model import MoE, MoEConfig, attend, rope_tables
 from focuslib.testing import scramble_parameters, tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -102,7 +102,7 @@ def test_rows_in_any_order_with_explicit_positions_match_transformers():
     h = ours.embed_rows(ids.gather(1, perm), pos)
     allowed = ours.attention_rule(pos, pos)
     for layer in ours.layers:
-        q, k, v = layer.qkv(h, pos)
+        q, k, v = layer.qkv(h, rope_tables(ours.cfg, pos))
         h = h + layer.attn_out(attend(q, k, v, allowed))
         h = h + layer.ffn(h)
     assert rel_err(ours.logits(h), want[:, perm[0]]) < 1e-4
