@@ -96,8 +96,8 @@ ConfigStore.instance().store(name="decode_schema", node=DecodeConfig)
 def group_options(config_name: str, *groups: str) -> str:
     """'group: option, option' lines for an app's --help, from the app's config search path as its primary config
     `config_name` sets it (Hydra's own loader, hydra.searchpath included). The `focuslib_groups` resolver of the help
-    templates in conf/bench.yaml and conf/train.yaml: those apps share conf/ with the decode app, so Hydra's
-    $APP_CONFIG_GROUPS would list groups they cannot use."""
+    templates in conf/bench.yaml and experiments/train_conf/train.yaml: bench shares conf/ with the decode app, so
+    Hydra's $APP_CONFIG_GROUPS would list groups it cannot use."""
     from hydra.core.global_hydra import GlobalHydra
 
     if not GlobalHydra.instance().is_initialized():

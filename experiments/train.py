@@ -3,11 +3,13 @@
     python -m experiments.train train=tiny_llada time_budget_min=45 export_dir=focuslib/checkpoints/tiny-llada
     python -m experiments.train train=tiny_sdar  time_budget_min=45 export_dir=focuslib/checkpoints/tiny-sdar
     python -m experiments.train train=tiny_sdar resume=true        # continue outputs/train/tiny_sdar/last.pt
+    python -m experiments.train train=tiny_sdar_b32 task=walk '~task_options' '+task_options={min_letters: 4}'
 
 Every field of `focuslib.training.TrainConfig` is a top-level key (model.* for the
 architecture); unknown keys are errors. The presets (`train=<name>`) live in
-experiments/train_conf/train/, on a search path only conf/train.yaml adds, so the other apps,
-which share conf/, do not list them. The run directory is Hydra's output dir,
+experiments/train_conf/train/, next to this app's config (experiments/train_conf/train.yaml), apart
+from the conf/ the other apps share: they do not list the presets, and conf/'s groups (task, model)
+do not shadow the training fields of the same name (`task=walk` is TrainConfig.task). The run directory is Hydra's output dir,
 outputs/train/<run_name> (git-ignored), so re-running with resume=true finds it.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         raise ConfigError([str(err).strip()]) from err
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="train")
+@hydra.main(version_base=None, config_path="train_conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     with clean_errors():  # config errors (raised while the trainer is set up) print their message alone
         trainer = build_trainer(cfg)

@@ -327,7 +327,7 @@ def _answer_blocks(cfg: ModelConfig, batch: Batch) -> list[Tensor]:
 
 @dataclass
 class TrainConfig:
-    """One training run. Hydra's `conf/train.yaml` mirrors these names (schema `train_schema`)."""
+    """One training run. Hydra's `experiments/train_conf/train.yaml` mirrors these names (schema `train_schema`)."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     task: str = "mix"

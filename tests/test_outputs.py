@@ -197,6 +197,18 @@ def test_train_presets_are_not_a_group_of_the_shared_conf():
             compose("config", overrides=["train=tiny_sdar"])
 
 
+def test_train_fields_named_like_decode_groups_take_plain_values():
+    """`task=walk` and `model.dim=64` set TrainConfig fields: conf/'s task and model groups are not on the train
+    app's search path (they once shadowed them: "Could not override 'task'. No match in the defaults list")."""
+    import focuslib.experiments.train  # noqa: F401  (registers train_schema)
+
+    with initialize_config_dir(config_dir=str(ROOT / "experiments" / "train_conf"), version_base=None):
+        cfg = compose("train", overrides=["train=tiny_sdar_b32", "task=walk", "~task_options",
+                                          "+task_options={min_len: 4}", "model.dim=64"])
+    assert cfg.task == "walk" and dict(cfg.task_options) == {"min_len": 4} and cfg.model.dim == 64
+    assert cfg.model.block_size == 32  # the preset still applies
+
+
 def test_repeats_must_be_positive():
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=["repeats=0", "task.n=2"])

@@ -242,7 +242,7 @@ def test_hydra_presets_compose():
 
     import focuslib.experiments.train  # noqa: F401  (registers train_schema)
 
-    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
+    conf_dir = str(Path(__file__).resolve().parents[1] / "experiments" / "train_conf")
     for preset, family in (("tiny_llada", "llada"), ("tiny_sdar", "sdar"), ("tiny_sdar_b32", "sdar")):
         with initialize_config_dir(config_dir=conf_dir, version_base=None):
             cfg = compose("train", overrides=[f"train={preset}", "run_dir=/tmp/x", "time_budget_min=1"])

@@ -1,1 +1,1 @@
-"""Presets of the train app (conf/train.yaml puts this package on its Hydra search path: train=<preset>)."""
+"""Presets of the train app (experiments/train_conf/train.yaml and its train=<preset> group)."""
