@@ -41,7 +41,8 @@ FENCE = re.compile(r"^```\n(\$ .*?)^```$", re.MULTILINE | re.DOTALL)
 MARKED = re.compile(r"^<!-- doc-output: (.+?) -->\n(.*?)^<!-- /doc-output -->$", re.MULTILINE | re.DOTALL)
 # Table columns whose cells are wall-clock measurements (or derived from them).
 VOLATILE_COLUMNS = {"tokens_per_s", "wall_time_s", "speedup", "speedup_share", "Pareto", "tokens/s",
-                    "decoder tokens/s", "minimal loop tokens/s", "decoder / minimal"}
+                    "decoder tokens/s", "minimal loop tokens/s", "decoder / minimal", "LLaDA generate.py tokens/s",
+                    "decoder / LLaDA"}
 # (pattern, replacement) applied to every line on both sides.
 MASKS = [
     (re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\]"), "[TIME]"),

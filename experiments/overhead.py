@@ -2,12 +2,15 @@
 
     python -m experiments.overhead                     # bundled tiny-sdar, batch 1 and 32
     python -m experiments.overhead --model tiny-sdar-b32 --task long_mix --gen-length 64
+    python -m experiments.overhead --model tiny-llada --peer llada   # against LLaDA's own generate.py loop
 
 The minimal loop is what a researcher would write for one setting only: block diffusion,
 the exact block cache, Threshold(0.9), equal-length prompts, no EOS stop. It does the same
 work as the decoder (same rows per step, same forward passes) and must give the same tokens;
-the ratio of tokens/s is the decoder's bookkeeping overhead. Timed side by side in one
-process, interleaved, best of `--repeats`.
+the ratio of tokens/s is the decoder's bookkeeping overhead. `--peer llada` compares
+instead with LLaDA's own `generate.py` loop (one full forward per step, no cache) against the
+decoder doing the same (LowConfidence, cache="none"). Timed side by side in one process,
+interleaved, best of `--repeats`; the tokens must agree.
 
 Shapes: B batch, T positions, L rows, G kv heads, D head dim, V vocab.
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -62,26 +67,80 @@ def minimal_block_loop(model: Transformer, prompts: Tensor, gen_length: int, thr
     return x
 
 
-def measure(model: Transformer, prompts: Tensor, gen_length: int, repeats: int) -> dict[str, float]:
-    """tokens/s of DiffusionDecoder and of the minimal loop on the same prompts (interleaved, best of repeats)."""
-    from focuslib import DiffusionDecoder
-    from focuslib.policies.unmasking import Threshold
+@torch.inference_mode()
+def llada_generate_loop(model: Transformer, prompts: Tensor, gen_length: int, block_length: int, steps: int) -> Tensor:
+    """LLaDA's own `generate.py` as its authors run it, batched: returns tokens [B, T].
 
-    decoder = DiffusionDecoder(model, Threshold(0.9), cache="block")
-    ids = prompts.tolist()
-    best = {"decoder": float("inf"), "minimal": float("inf")}
+    Greedy (temperature 0), `low_confidence` remasking, semi-autoregressive blocks of
+    `block_length`, `steps // n_blocks` steps per block committing the scheduled number of
+    tokens per row (`get_num_transfer_tokens`), and one full forward of the whole sequence
+    per step (no cache). focuslib's one convention: the mask token is never committed.
+    """
+    cfg = model.cfg
+    b, p = prompts.shape
+    x = torch.cat([prompts, torch.full((b, gen_length), cfg.mask_id, dtype=torch.long)], 1)  # [B, T]
+    answer_start = torch.full((b,), p)
+    n_blocks = gen_length // block_length
+    per_block = steps // n_blocks
+    for blk in range(n_blocks):
+        lo, hi = p + blk * block_length, p + (blk + 1) * block_length
+        n_masked = (x[:, lo:hi] == cfg.mask_id).sum(1, keepdim=True)  # [B, 1]
+        quota = n_masked // per_block + (torch.arange(per_block) < n_masked % per_block)  # [B, steps]
+        for i in range(per_block):
+            mask_index = x == cfg.mask_id  # [B, T]
+            logits = model(x, answer_start=answer_start).float()  # [B, T, V]
+            logits[..., cfg.mask_id] = float("-inf")
+            x0 = logits.argmax(-1)
+            x0_p = logits.softmax(-1).gather(-1, x0[..., None])[..., 0]  # [B, T]
+            x0_p[:, hi:] = float("-inf")
+            confidence = torch.where(mask_index, x0_p, float("-inf"))
+            order = confidence.argsort(dim=1, descending=True, stable=True)  # ties: left-most first
+            rank = torch.empty_like(order).scatter_(1, order, torch.arange(x.shape[1]).expand_as(order))
+            transfer = (rank < quota[:, i:i + 1]) & mask_index
+            x = torch.where(transfer, x0, x)
+    return x
+
+
+PEERS = {"minimal": "minimal loop", "llada": "LLaDA generate.py"}
+
+
+def equal_work_pair(model: Transformer, prompts: Tensor, gen_length: int, peer: str, block_length: int
+                    ) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
+    """(decoder, peer) callables returning the generated tokens [B, gen_length] of the same work.
+
+    minimal: DiffusionDecoder(Threshold(0.9), cache="block") against `minimal_block_loop`;
+    llada: DiffusionDecoder(LowConfidence(), cache="none", one token per step) against `llada_generate_loop`.
+    """
+    from focuslib import DiffusionDecoder
+    from focuslib.policies.unmasking import LowConfidence, Threshold
+
+    ids, p = prompts.tolist(), prompts.shape[1]
+    if peer == "minimal":
+        decoder = DiffusionDecoder(model, Threshold(0.9), cache="block")
+        return (lambda: decoder.generate(ids, gen_length=gen_length, stop_at_eos=False).tokens,
+                lambda: minimal_block_loop(model, prompts, gen_length)[:, p:])
+    if peer == "llada":
+        decoder = DiffusionDecoder(model, LowConfidence(), block_size=block_length, cache="none")
+        return (lambda: decoder.generate(ids, gen_length=gen_length, steps=gen_length, stop_at_eos=False).tokens,
+                lambda: llada_generate_loop(model, prompts, gen_length, block_length, gen_length)[:, p:])
+    raise ValueError(f"peer must be one of {sorted(PEERS)}, got {peer!r}")
+
+
+def measure(run_decoder: Callable[[], Tensor], run_peer: Callable[[], Tensor], n_tokens: int, repeats: int
+            ) -> dict[str, float]:
+    """tokens/s of the decoder and of its peer loop (interleaved, best of repeats); their tokens must agree."""
+    best = {"decoder": float("inf"), "peer": float("inf")}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = decoder.generate(ids, gen_length=gen_length, stop_at_eos=False)
-        best["decoder"] = min(best["decoder"], time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ref = minimal_block_loop(model, prompts, gen_length)
-        best["minimal"] = min(best["minimal"], time.perf_counter() - t0)
-    if not torch.equal(out.tokens, ref[:, prompts.shape[1]:]):
-        raise AssertionError("the minimal loop and the decoder disagree: the comparison is not at equal work")
-    n = prompts.shape[0] * gen_length
-    return {"decoder_tokens_per_s": n / best["decoder"], "minimal_tokens_per_s": n / best["minimal"],
-            "ratio": best["minimal"] / best["decoder"]}
+        for name, run in (("decoder", run_decoder), ("peer", run_peer)):
+            t0 = time.perf_counter()
+            tokens = run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+            if name == "decoder":
+                ours = tokens
+            elif not torch.equal(ours, tokens):
+                raise AssertionError("the peer loop and the decoder disagree: the comparison is not at equal work")
+    return {"decoder_tokens_per_s": n_tokens / best["decoder"], "peer_tokens_per_s": n_tokens / best["peer"],
+            "ratio": best["peer"] / best["decoder"]}
 
 
 def main() -> None:
@@ -89,6 +148,9 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-sdar")
     ap.add_argument("--task", default="mix", help="prompts: the most common prompt length of this task's test split")
     ap.add_argument("--gen-length", type=int, default=16)
+    ap.add_argument("--peer", choices=sorted(PEERS), default="minimal",
+                    help="minimal: hand-written block loop (block-diffusion models); llada: LLaDA's generate.py")
+    ap.add_argument("--block-length", type=int, default=8, help="LLaDA's block_length (--peer llada)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -98,17 +160,18 @@ def main() -> None:
     from focuslib.tasks import load_task
 
     model, tok = load_model(args.model)
-    from collections import Counter
-
     pool = load_task(args.task, 512, seed="test").prompts
-    length = Counter(map(len, pool)).most_common(1)[0][0]  # the minimal loop takes equal-length prompts
+    length = Counter(map(len, pool)).most_common(1)[0][0]  # the peer loops take equal-length prompts
     prompts = [p for p in pool if len(p) == length][:max(args.batch_sizes)]
     ids = torch.tensor([tok.encode(p, add_special_tokens=False) for p in prompts])
-    print("| model | batch | decoder tokens/s | minimal loop tokens/s | decoder / minimal |\n|---|---|---|---|---|")
+    peer = PEERS[args.peer]
+    short = peer.split()[0]
+    print(f"| model | batch | decoder tokens/s | {peer} tokens/s | decoder / {short} |\n|---|---|---|---|---|")
     for b in args.batch_sizes:
-        r = measure(model, ids[:b], args.gen_length, args.repeats)
+        pair = equal_work_pair(model, ids[:b], args.gen_length, args.peer, args.block_length)
+        r = measure(*pair, n_tokens=b * args.gen_length, repeats=args.repeats)
         print(f"| {args.model} (gen {args.gen_length}) | {b} | {r['decoder_tokens_per_s']:.0f} "
-              f"| {r['minimal_tokens_per_s']:.0f} | {r['ratio']:.2f} |")
+              f"| {r['peer_tokens_per_s']:.0f} | {r['ratio']:.2f} |")
 
 
 if __name__ == "__main__":

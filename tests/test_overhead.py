@@ -31,3 +31,29 @@ def test_overhead_app_prints_one_row_per_batch_size():
     assert lines[0] == "| model | batch | decoder tokens/s | minimal loop tokens/s | decoder / minimal |"
     assert [line.split(" | ")[:2] for line in lines[2:]] == [["| tiny-sdar (gen 16)", "1"], ["| tiny-sdar (gen 16)", "2"]]
     assert all(float(line.split(" | ")[-1].rstrip(" |")) > 0 for line in lines[2:])
+
+
+def test_llada_generate_loop_matches_the_scalar_reference_and_the_decoder():
+    """The batched LLaDA loop of the benchmark gives what tests/test_llada_options.py's one-prompt copy of
+    LLaDA's generate.py gives, and what the decoder gives with LowConfidence and no cache."""
+    from test_llada_options import BLOCK, GEN, PROMPTS, llada_loop, sharp_model
+
+    from focuslib.experiments.overhead import equal_work_pair, llada_generate_loop
+
+    model = sharp_model("llada")
+    for steps in (GEN, GEN // 2):
+        for prompt in PROMPTS:
+            batched = llada_generate_loop(model, torch.tensor([prompt]), GEN, BLOCK, steps)
+            assert batched[0, len(prompt):].tolist() == llada_loop(model, prompt, steps)
+    same_length = torch.tensor([[2, 3, 4, 5], [6, 7, 8, 9], [16, 17, 18, 19]])
+    ours, peer = equal_work_pair(model, same_length, GEN, "llada", BLOCK)
+    assert torch.equal(ours(), peer())
+
+
+def test_measure_refuses_unequal_work():
+    import pytest
+
+    from focuslib.experiments.overhead import measure
+
+    with pytest.raises(AssertionError, match="not at equal work"):
+        measure(lambda: torch.zeros(1, 4), lambda: torch.ones(1, 4), n_tokens=4, repeats=1)
