@@ -52,8 +52,7 @@ def minimal_block_loop(model: Transformer, prompts: Tensor, gen_length: int, thr
         for i, layer in enumerate(model.layers):
             q, k, v = layer.qkv(h, rope)
             k_cache[i, :, final:end], v_cache[i, :, final:end] = k, v
-            h = h + layer.attn_out(attend(q, k_cache[i, :, :end], v_cache[i, :, :end], mask))
-            h = h + layer.ffn(h)
+            h = layer.finish(h, attend(q, k_cache[i, :, :end], v_cache[i, :, :end], mask))
         final = start  # everything before the current block was computed with final tokens
         masked = x[:, start:end] == cfg.mask_id  # [B, S]
         logits = model.logits(h[:, start - pos[0, 0]:]).float()

@@ -41,10 +41,7 @@ def attend_rows(q: Tensor, kv: KVSlot, mask: Tensor) -> Tensor:
 
 def finish_rows(layer: Layer, h: Tensor, ctx: Tensor, packer: RowPacker) -> Tensor:
     """Rows h [B, L, C] after the layer, given their attention context ctx [B, L, H, D]: output projection, FFN."""
-    x = packer.pack(h)
-    x = x + layer.attn_out(packer.pack(ctx))
-    x = x + layer.ffn(x)
-    return packer.unpack(x)
+    return packer.unpack(layer.finish(packer.pack(h), packer.pack(ctx)))
 
 
 class DenseRunner(LayerRunner):

@@ -19,8 +19,7 @@ Two ways to run it:
       for layer in model.layers:
           q, k, v = layer.qkv(h, rope)                # [B, L, H|G, D]
           ctx = attend(q, K, V, mask)                 # K, V: [B, T, G, D] (cache)
-          h = h + layer.attn_out(ctx)
-          h = h + layer.ffn(h)
+          h = layer.finish(h, ctx)                    # + attn_out(ctx), then + ffn
       logits = model.logits(h)                        # [B, L, V]
 
 Shapes: B batch, L rows (query tokens), T key positions, C model width,
@@ -29,6 +28,7 @@ H query heads, G key/value heads, D head dim, V vocab, E experts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -264,6 +264,11 @@ class Layer(nn.Module):
         """MLP branch for rows h [B, L, C] -> [B, L, C] (add to the residual)."""
         return self.mlp(self.ffn_norm(h))
 
+    def finish(self, h: Tensor, ctx: Tensor) -> Tensor:
+        """Rows h [B, L, C] after the layer, given their attention context ctx [B, L, H, D]: both residual branches."""
+        h = h + self.attn_out(ctx)
+        return h + self.ffn(h)
+
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -320,12 +325,16 @@ class Transformer(nn.Module):
             mask = mask & key_valid[:, None, :]
             mask = mask | torch.eye(t, dtype=torch.bool, device=mask.device)  # padded rows attend themselves
         h = self.embed_rows(input_ids, pos, answer_start)
-        rope = rope_tables(self.cfg, pos)
+        return self.logits(self.run_layers(h, rope_tables(self.cfg, pos), lambda q, k, v: attend(q, k, v, mask)))
+
+    def run_layers(self, h: Tensor, rope: tuple[Tensor, Tensor], attention: Callable[[Tensor, Tensor, Tensor], Tensor]
+                   ) -> Tensor:
+        """Rows h [B, L, C] through every layer, each row attending the others' K/V with
+        `attention(q, k, v) -> ctx` (the reference path's SDPA, training's own masked matmuls)."""
         for layer in self.layers:
             q, k, v = layer.qkv(h, rope)
-            h = h + layer.attn_out(attend(q, k, v, mask))
-            h = h + layer.ffn(h)
-        return self.logits(h)
+            h = layer.finish(h, attention(q, k, v))
+        return h
 
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "Transformer":
         """Random init for tests and training (normal(0, std) matrices, unit norms, zero biases)."""

@@ -249,16 +249,12 @@ def attend_math(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
 def forward_with_mask(model: Transformer, ids: Tensor, pos: Tensor, mask: Tensor, answer_start: Tensor | None) -> Tensor:
     """Logits [B, L, V] of rows ids [B, L] at positions pos [B, L] under a custom mask [B|1, L, L] (True = may attend).
 
-    Runs the model's layer API (embed_rows, qkv, attn_out, ffn, logits) with our own
-    mask; answer_start [B] feeds the answer-offset embedding.
+    Runs the model's own layer body (`Transformer.run_layers`) with our own mask;
+    answer_start [B] feeds the answer-offset embedding.
     """
     bias = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(~mask, float("-inf"))[:, None]
     h = model.embed_rows(ids, pos, answer_start)
-    rope = rope_tables(model.cfg, pos)
-    for layer in model.layers:
-        q, k, v = layer.qkv(h, rope)
-        h = h + layer.attn_out(attend_math(q, k, v, bias.to(q.dtype)))
-        h = h + layer.ffn(h)
+    h = model.run_layers(h, rope_tables(model.cfg, pos), lambda q, k, v: attend_math(q, k, v, bias.to(q.dtype)))
     return model.logits(h)
 
 
