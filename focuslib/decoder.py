@@ -221,14 +221,16 @@ class DiffusionDecoder:
             steps_per_block=self._steps_per_block(gen_length, steps),
             generators=sequence_generators(seed, sequence_ids, b, dev),
             stop_at_eos=stop_at_eos, dense_labels=dense_labels)
-        while not bool(state.done.all()):
-            self._step(state, call)
+        finished = bool(state.done.all())
+        while not finished:
+            finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
         return self._output(state, ids, gen_length, call.stats, call.recorder)
 
     # -- one step ----------------------------------------------------------------
 
-    def _step(self, state: DecodeState, call: _Call) -> None:
+    def _step(self, state: DecodeState, call: _Call) -> bool:
+        """One forward pass and its commits; True when every sequence is done."""
         view = self._view(state)
         active = ~state.done
         t = state.x.shape[1]
@@ -249,30 +251,28 @@ class DiffusionDecoder:
         if self.eviction.needs_dense_commits or call.dense_labels:  # analysis only: the dense step first
             dense = self._dense_commits(state, call, step, rows, reusable, masked_block, masked, ctx)
             self.eviction.see_dense_commits(dense, call.policies)
-        h, rows, views = self._run_layers(state, call, step, rows, reusable, masked_block)
+        h, rows, views, computed = self._run_layers(state, call, step, rows, reusable, masked_block)
         call.mode.update(view, rows.as_mask(t))
-        commit, candidates, chosen = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
+        commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
         self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
                                             confidence=commit.confidence, committed=chosen), call.policies)
         if call.recorder is not None:
             call.recorder.record(call.stats.steps, state, block_pos, masked, candidates, commit.confidence, chosen,
                                  views, {**self.eviction.trace_columns(call.policies),
                                          **({"dense_commit": dense} if call.dense_labels else {})})
-        self._apply(state, block_pos, chosen, commit.tokens, call.stats, call.stop_at_eos)
+        return self._apply(state, block_pos, chosen, commit.tokens, call.stats, call.stop_at_eos, stuck, computed)
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
-                ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor]:
-        """The unmasking decision: (policy's Commit, candidates [B, S], chosen [B, S] = slots committed now)."""
+                ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor, Tensor]:
+        """The unmasking decision: (policy's Commit, candidates [B, S], chosen [B, S] = slots committed now,
+        stuck [B] = masked positions left but no row predicting them: `_apply` raises, after its one host sync)."""
         logits, candidates = self._block_logits(state, h, rows, block_pos, masked)
         stuck = masked.any(1) & ~candidates.any(1)
-        if bool(stuck.any()):
-            raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
-                               "predicts them survived this step (an eviction policy must keep at least one masked row)")
         commit = self.unmasking(logits, candidates, ctx)
         chosen = commit.commit & candidates
         if steps_per_block is not None:  # the block's last budgeted step commits what is left
             chosen |= candidates & (state.step_in_block >= steps_per_block - 1)[:, None]
-        return commit, candidates, chosen
+        return commit, candidates, chosen, stuck
 
     def _dense_commits(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
                        masked_block: Tensor, masked: Tensor, ctx: StepContext) -> Tensor:
@@ -283,12 +283,12 @@ class DiffusionDecoder:
         """
         preview = replace(call, cache=call.cache.clone(), recorder=None,
                           stats=DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers))
-        h, rows, _ = self._run_layers(state, preview, step, rows, reusable, masked_block, evict=False)
+        h, rows, _, _ = self._run_layers(state, preview, step, rows, reusable, masked_block, evict=False)
         if ctx.generators is not None:
             ctx = replace(ctx, generators=tuple(torch.Generator(device=g.device).set_state(g.get_state())
                                                 for g in ctx.generators))
         block_pos, _ = step.block_slots()
-        _, _, chosen = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
+        _, _, chosen, _ = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
         out = torch.zeros(state.x.shape[0], state.x.shape[1] + 1, dtype=torch.bool, device=state.x.device)
         return out.scatter_(1, torch.where(chosen, block_pos, state.x.shape[1]), chosen)[:, :-1]
 
@@ -313,16 +313,16 @@ class DiffusionDecoder:
                         active=~state.done, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
 
     def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
-                    masked_block: Tensor, evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView]]:
+                    masked_block: Tensor, evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView], Tensor]:
         """Run every layer over `rows`; eviction may shrink the rows at each layer's two eviction points.
 
         Each layer runs in two halves (`LayerRunner.project`: Q/K/V, written to the cache;
         `complete`: attention and FFN); the stack's policies may drop rows between them
         (`at_qkv`) and after the layer (`after_layer`). row_layers counts the rows whose
         attention and FFN really ran (`LayerOutput.computed`); the counts stay on the
-        device until the last layer, so the loop itself adds no host sync.
-        Returns the final hidden rows, the rows that reached the end, and the LayerView
-        at the Q/K/V point of every layer a trace wants.
+        device (`_apply` reads them in the step's one stats sync), so the loop adds no host sync.
+        Returns the final hidden rows, the rows that reached the end, the LayerView
+        at the Q/K/V point of every layer a trace wants, and the row counts [n_layers].
         """
         t = state.x.shape[1]
         tokens, answer_start, b = state.x, state.prompt_len, state.x.shape[0]
@@ -360,12 +360,9 @@ class DiffusionDecoder:
             if keep is not None:
                 rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
                 rope = packed_rope(self.cfg, rows.pos, rows.packer)
-        for i, n in enumerate(torch.stack(computed).tolist()):
-            call.stats.row_layers += n
-            call.stats.row_layers_per_layer[i] += n
         if self.cfg_scale:  # both halves computed the same rows; h keeps both halves for _block_logits
             rows = Rows(rows.pos[:b], rows.valid[:b])
-        return h, rows, views
+        return h, rows, views, torch.stack(computed)
 
     def _unconditional(self, state: DecodeState) -> Tensor:
         """[B, T] tokens of the unconditional copy: the prompt positions hold the mask id (LLaDA's CFG)."""
@@ -443,24 +440,21 @@ class DiffusionDecoder:
         return state.prompt_len + blk * (self.block_size or 0)
 
     def _apply(self, state: DecodeState, block_pos: Tensor, chosen: Tensor, tokens: Tensor, stats: DecodeStats,
-               stop_at_eos: bool) -> None:
-        """Write committed tokens, then advance blocks, step counters and the done flags."""
+               stop_at_eos: bool, stuck: Tensor, computed: Tensor) -> bool:
+        """Write committed tokens, advance blocks, step counters and the done flags, then check the step;
+        returns True when every sequence is done.
+
+        stuck [B]: from `_decide`; computed [n_layers]: row counts from `_run_layers`. The step's one
+        host sync reads them with the commit counts and the done flag (a failed check raises after the
+        writes: the call's state is dropped with it, so nothing reaches the caller).
+        """
         active = ~state.done
         bad = state.bad_logits if state.bad_logits is not None else torch.zeros_like(active)
-        n, n_active, n_bad = torch.stack([chosen.sum(), active.sum(), bad.sum()]).tolist()  # one host sync for all
-        if n_bad:
-            raise FloatingPointError(
-                f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences "
-                f"{bad.nonzero().flatten().tolist()} of the batch; nothing was committed. The weights or the "
-                "activations overflowed: check the checkpoint (load_model checks it unless check_finite=False) "
-                "and the dtype")
-        seq, slot = chosen.nonzero(as_tuple=True)
-        state.x[seq, block_pos[seq, slot]] = tokens[seq, slot]
-        state.committed_step[seq, block_pos[seq, slot]] = stats.steps
-        stats.tokens_committed += n
-        stats.committed_per_step.append(n)
-        stats.sequence_steps += n_active
-        stats.steps += 1
+        t = state.x.shape[1]
+        slot = torch.where(chosen, block_pos, t)  # [B, S]: slots not committed write to a trash column
+        state.x = torch.nn.functional.pad(state.x, (0, 1)).scatter_(1, slot, tokens)[:, :t].contiguous()
+        state.committed_step = torch.nn.functional.pad(state.committed_step, (0, 1)).scatter_(
+            1, slot, torch.full_like(slot, stats.steps))[:, :t].contiguous()
         masked = (state.x == self.cfg.mask_id) & state.in_sequence
         block = torch.where(masked, state.block_id, torch.iinfo(torch.long).max).min(1).values
         state.block_changed = block != state.current_block
@@ -472,6 +466,25 @@ class DiffusionDecoder:
         state.done = ~masked.any(1)
         if stop_at_eos:
             state.done |= self._eos_reached(state, masked)
+        counts = torch.stack([chosen.sum(), active.sum(), bad.sum(), stuck.sum(), state.done.all().long()])
+        n, n_active, n_bad, n_stuck, all_done, *per_layer = torch.cat([counts, computed]).tolist()  # the one sync
+        if n_stuck:
+            raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
+                               "predicts them survived this step (an eviction policy must keep at least one masked row)")
+        if n_bad:
+            raise FloatingPointError(
+                f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences "
+                f"{bad.nonzero().flatten().tolist()} of the batch; nothing was committed. The weights or the "
+                "activations overflowed: check the checkpoint (load_model checks it unless check_finite=False) "
+                "and the dtype")
+        for i, rows in enumerate(per_layer):
+            stats.row_layers += rows
+            stats.row_layers_per_layer[i] += rows
+        stats.tokens_committed += n
+        stats.committed_per_step.append(n)
+        stats.sequence_steps += n_active
+        stats.steps += 1
+        return bool(all_done)
 
     def _eos_reached(self, state: DecodeState, masked: Tensor) -> Tensor:
         """[B] True = an EOS was generated with nothing masked before it."""

@@ -504,3 +504,48 @@ def test_stats_are_consistent(family):
     assert s.row_layers_per_layer == [want // n_layers] * n_layers
     d = s.as_dict()
     assert d["forward_passes"] == GEN and d["tokens_committed"] == s.tokens_committed
+
+
+SYNC_METHODS = ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__")  # each waits for the device
+
+
+def host_syncs_per_step(decoder: DiffusionDecoder, prompts, gen_length: int) -> list[int]:
+    """Calls of host-syncing tensor methods inside each decoder step (CPU stands in for the device)."""
+    per_step, inside = [], [False]
+    originals = {n: getattr(torch.Tensor, n) for n in SYNC_METHODS}
+    step = DiffusionDecoder._step
+
+    def counting(name):
+        def method(self, *args, **kwargs):
+            if inside[0]:
+                per_step[-1] += 1
+            return originals[name](self, *args, **kwargs)
+        return method
+
+    def counted_step(self, state, call):
+        per_step.append(0)
+        inside[0] = True
+        try:
+            return step(self, state, call)
+        finally:
+            inside[0] = False
+
+    try:
+        for name in SYNC_METHODS:
+            setattr(torch.Tensor, name, counting(name))
+        DiffusionDecoder._step = counted_step
+        decoder.generate(prompts, gen_length=gen_length)
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+        DiffusionDecoder._step = step
+    return per_step
+
+
+@pytest.mark.parametrize("cache", ["none", "block", "delayed"])
+def test_a_dense_step_waits_for_the_device_three_times(cache):
+    """Row compaction (the step's row count), the row packer (the valid-row count) and one read of the
+    step's counters and done flag: everything else stays on the device."""
+    decoder = DiffusionDecoder(tiny_model("sdar"), Threshold(0.9), cache=cache)
+    syncs = host_syncs_per_step(decoder, [[3, 4, 5], [6, 7]], gen_length=16)
+    assert len(syncs) >= 2 and set(syncs) == {3}

@@ -420,7 +420,7 @@ def test_train_app_prints_the_config_error_alone(capsys, monkeypatch, tmp_path):
 
     for overrides, expected in ((["+foo=1"], "foo: unknown key"),
                                 (["model.family=dream"], "training supports families 'llada' and 'sdar', got 'dream'")):
-        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        with initialize_config_dir(config_dir=str(CONF.parent / "experiments" / "train_conf"), version_base=None):
             cfg = compose("train", overrides=[f"run_dir={tmp_path}", "n_train=8", "n_val=4", *overrides])
         _hydra_exits_cleanly(capsys, monkeypatch, train.main, cfg, expected)
 

@@ -270,15 +270,13 @@ def observed(probe: Probe):
         a = bound.arguments
         call, rows, state, step = a["call"], a["rows"], a["state"], a["step"]
         t = state.x.shape[1]
-        before, per_layer = call.stats.row_layers, list(call.stats.row_layers_per_layer)
         rows_in = rows.as_mask(t).clone()
         in_block = step.in_block(torch.arange(t).expand_as(state.x))
         masked_block = a["masked_block"].clone()
         out = run_layers(self, *args, **kwargs)
         probe.layer_runs.append(dict(
             evict=a.get("evict", True), rows_in=rows_in, rows_out=out[1].as_mask(t).clone(), in_block=in_block,
-            masked_block=masked_block, row_layers=call.stats.row_layers - before,
-            per_layer=[x - y for x, y in zip(call.stats.row_layers_per_layer, per_layer)]))
+            masked_block=masked_block, row_layers=int(out[3].sum()), per_layer=out[3].tolist()))  # rows per layer
         return out
 
     with mock.patch.object(DiffusionDecoder, "_apply", wrapped_apply), \
