@@ -24,9 +24,12 @@ class RowPacker:
     [B, L] layout and runs unpacked. With no padding, pack/unpack are the identity.
     """
 
-    def __init__(self, valid: Tensor) -> None:  # valid [B, L] bool, True = real row
+    def __init__(self, valid: Tensor, n_valid: int | None = None) -> None:
+        """valid [B, L] bool, True = real row; n_valid: its count when already read (else one host sync)."""
         self.shape = valid.shape
-        self.index = valid.flatten().nonzero().squeeze(1)  # [N] flat row index
+        flat = valid.flatten()
+        found = flat.nonzero() if n_valid is None else torch.nonzero_static(flat, size=n_valid)
+        self.index = found.squeeze(1)  # [N] flat row index
         self.identity = self.index.numel() == valid.numel()
 
     def pack(self, t: Tensor) -> Tensor:
@@ -47,22 +50,24 @@ class Rows:
 
     pos: Tensor
     valid: Tensor
+    n_valid: int | None = None  # valid.sum() when known on the host (the packer then needs no sync of its own)
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> "Rows":
-        """Rows for the True entries of mask [B, T], in increasing position order."""
-        index, valid = compact_rows(mask)
-        return cls(torch.where(valid, index, 0), valid)
+        """Rows for the True entries of mask [B, T], in increasing position order (one host sync)."""
+        index, valid, n = _compact(mask)
+        return cls(torch.where(valid, index, 0), valid, n)
 
     @cached_property
     def packer(self) -> RowPacker:
-        """RowPacker of the valid rows: every layer over the same rows shares it (and its one host sync)."""
-        return RowPacker(self.valid)
+        """RowPacker of the valid rows: every layer over the same rows shares it."""
+        return RowPacker(self.valid, self.n_valid)
 
     def select(self, keep: Tensor) -> tuple["Rows", Tensor]:
-        """Keep rows where keep [B, L] is True; also returns the gather index [B, L'] into the old rows."""
-        index, valid = compact_rows(keep & self.valid)
-        return Rows(gather_rows(self.pos, index), valid), index
+        """Keep rows where keep [B, L] is True (one host sync); also returns the gather index [B, L'] into the
+        old rows."""
+        index, valid, n = _compact(keep & self.valid)
+        return Rows(gather_rows(self.pos, index), valid, n), index
 
     def by_position(self, values: Tensor, positions: int, fill: float | bool | int) -> Tensor:
         """Row values [B, L, ...] -> [B, T+1, ...] by absolute position; padding rows land in column T.
@@ -87,6 +92,14 @@ class Rows:
     def rows_at(self, at: Tensor, positions: int) -> Tensor:
         """[B, S] row index of the positions `at` [B, S] (each < T), -1 where the position is not a valid row."""
         return self.lookup(positions).gather(1, at)
+
+
+def _compact(keep: Tensor) -> tuple[Tensor, Tensor, int]:
+    """`compact_rows` of keep [B, L] plus the kept total, its packed width and the total read in one host sync."""
+    counts = keep.sum(1)
+    width, total = torch.stack([counts.max(), counts.sum()]).tolist() if keep.numel() else (0, 0)
+    index, valid = compact_rows(keep, width)
+    return index, valid, total
 
 
 def block_positions(start: Tensor, span: int, positions: int) -> tuple[Tensor, Tensor]:

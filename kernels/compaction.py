@@ -24,10 +24,11 @@ def _packed_width(keep: torch.Tensor) -> int:
 
 def compact_rows_reference(
     keep: torch.Tensor,  # [B, L] bool, True = keep the row
+    width: int | None = None,  # L' when the caller already read it (else one host sync here)
 ) -> tuple[torch.Tensor, torch.Tensor]:  # index [B, L'] long, valid [B, L'] bool
     """Stable sort puts kept rows first in their original order; pad with the last one."""
     B, L = keep.shape
-    width = _packed_width(keep)
+    width = _packed_width(keep) if width is None else width
     order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :width]
     count = keep.sum(1)  # [B]
     valid = torch.arange(width, device=keep.device)[None, :] < count[:, None]
@@ -91,11 +92,11 @@ if TRITON_AVAILABLE:
         tl.store(out_ptr + (b * L_OUT + r) * C + offs, row, mask=c_ok)
 
 
-def compact_rows_triton(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compact_rows_triton(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path of :func:`compact_rows` (same contract)."""
     B, L = keep.shape
     check_launchable(_compact_index_kernel, keep)
-    width = _packed_width(keep)
+    width = _packed_width(keep) if width is None else width
     index = torch.empty(B, width, dtype=torch.long, device=keep.device)
     valid = torch.empty(B, width, dtype=torch.bool, device=keep.device)
     if B * width == 0:
@@ -134,11 +135,12 @@ def gather_rows_triton(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def compact_rows(
     keep: torch.Tensor,  # [B, L] bool, True = keep the row
+    width: int | None = None,  # L' = max kept count, when the caller already read it (else one host sync)
 ) -> tuple[torch.Tensor, torch.Tensor]:  # index [B, L'] long, valid [B, L'] bool (True = real)
     """Packed indices of kept rows (increasing), padded with the last kept index (or 0)."""
     if use_triton(keep):
-        return compact_rows_triton(keep)
-    return compact_rows_reference(keep)
+        return compact_rows_triton(keep, width)
+    return compact_rows_reference(keep, width)
 
 
 def gather_rows(

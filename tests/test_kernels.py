@@ -434,6 +434,9 @@ def case_compact():
         index, valid = kernels.compact_rows(kp)
         r_index, r_valid = compaction.compact_rows_reference(kp)
         assert torch.equal(index, r_index) and torch.equal(valid, r_valid)
+        width = int(kp.sum(1).max())  # read by the caller (focuslib.rows): the same rows
+        for got in (kernels.compact_rows(kp, width), compaction.compact_rows_reference(kp, width)):
+            assert torch.equal(got[0], r_index) and torch.equal(got[1], r_valid)
 
 
 def case_gather():
