@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("focuslib", "policies", "kernels", "experiments")
 # the folders installed under the focuslib namespace (pyproject's package-dir mapping)
@@ -143,3 +145,20 @@ def test_bare_name_kernels_is_hugging_faces_package_not_this_folder(tmp_path):
         assert "site-packages" in theirs and Path(ours).parent == root / "kernels", out
     else:
         assert out.returncode != 0 and "focuslib.kernels" in out.stderr, out
+
+
+@pytest.mark.parametrize("module,config,key", [("focuslib.conf", "config", "model"),
+                                                ("focuslib.conf", "bench", "stacks"),
+                                                ("focuslib.experiments.train_conf", "train", "model")])
+def test_configs_compose_by_module_as_an_installed_app_finds_them(module, config, key):
+    """An installed console script resolves its config_path to a module (`focuslib.conf`), so the config folders
+    must be importable packages (a missing conf/__init__.py broke `pip install .`: "Primary config module
+    'focuslib.conf' not found")."""
+    from hydra import compose, initialize_config_module
+
+    import focuslib.experiments.config_checks  # noqa: F401  (registers the schemas)
+    import focuslib.experiments.train  # noqa: F401
+
+    with initialize_config_module(config_module=module, version_base=None):
+        cfg = compose(config)
+    assert key in cfg
