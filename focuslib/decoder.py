@@ -349,8 +349,7 @@ class DiffusionDecoder:
                     lv, rows=Rows(rows.pos[:b], rows.valid[:b]), q=proj.q[:b], k=proj.k[:b], masked=masked_rows[:b])
             keep = self.eviction.at_qkv(lv, call.policies) if evict else None
             if keep is not None:
-                rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
-                rope = packed_rope(self.cfg, rows.pos, rows.packer)
+                rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
                 x = replace(x, h=h, rows=rows, mask=mask, rope=rope)
             out = runner.complete(x, proj)
             h = out.h
@@ -358,8 +357,7 @@ class DiffusionDecoder:
             keep = self.eviction.after_layer(replace(lv, rows=rows, q=proj.q, k=proj.k, masked=masked_rows),
                                              call.policies) if evict else None
             if keep is not None:
-                rows, h, proj, mask, masked_rows = self._evict(keep, rows, h, proj, keys, masked_block, step)
-                rope = packed_rope(self.cfg, rows.pos, rows.packer)
+                rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
         if self.cfg_scale:  # both halves computed the same rows; h keeps both halves for _block_logits
             rows = Rows(rows.pos[:b], rows.valid[:b])
         return h, rows, views, torch.stack(computed)
@@ -370,8 +368,9 @@ class DiffusionDecoder:
         return state.x.masked_fill(prompt, self.cfg.mask_id)
 
     def _evict(self, keep: Tensor, rows: Rows, h: Tensor, proj: Projection, keys: "_Keys", masked_block: Tensor,
-               step: StepView) -> tuple[Rows, Tensor, Projection, Tensor, Tensor]:
-        """Compact rows (and their hidden states, queries, keys) to the kept ones; rebuild the attention mask.
+               step: StepView) -> tuple[Rows, Tensor, Projection, Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """Compact rows (and their hidden states, queries, keys) to the kept ones; rebuild the attention mask
+        and the rows' RoPE tables.
 
         Visible keys afterwards: "hidden" -- the cache mode's reusable positions and the kept
         rows; "stale" (FOCUS) -- every position visible at the step's start, except this
@@ -393,7 +392,8 @@ class DiffusionDecoder:
         else:
             visible = keys.reusable | rows.as_mask(t)
         mask = self._attention_mask(rows, visible)
-        return rows, h, proj, mask, masked_block.gather(1, rows.pos) & rows.valid
+        rope = packed_rope(self.cfg, rows.pos, rows.packer)
+        return rows, h, proj, mask, masked_block.gather(1, rows.pos) & rows.valid, rope
 
     def _attention_mask(self, rows: Rows, visible: Tensor) -> Tensor:
         """[B, L, T+1] bool, True = row may attend the key: the family's rule over visible positions [B, T]."""
