@@ -134,7 +134,7 @@ class LayerCall:
     layer: "Layer"
     h: Tensor  # [B, L, C] hidden rows entering the layer
     rows: Rows
-    mask: Tensor  # [B, L, T+1] bool, True = row may attend the key position (column T: the trash column)
+    mask: Tensor  # [B, L, K] bool, True = row may attend the key position; K <= T+1 keys the rows can reach
     kv: "KVSlot"
     step: StepView
     rope: tuple[Tensor, Tensor]  # cos, sin of the valid rows, packed as rows.packer packs them

@@ -328,7 +328,7 @@ class DiffusionDecoder:
         tokens, answer_start, b = state.x, state.prompt_len, state.x.shape[0]
         if self.cfg_scale:  # guidance: the unconditional copy (prompt masked) runs as the second half of the batch
             tokens, answer_start = torch.cat([tokens, self._unconditional(state)]), answer_start.repeat(2)
-            rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1))
+            rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1), 2 * rows.n_valid, rows.last_pos)
             reusable, masked_block = reusable.repeat(2, 1), masked_block.repeat(2, 1)
         h = self.model.embed_rows(tokens.gather(1, rows.pos), rows.pos, answer_start)  # [B, L, C] ([2B, ...] guided)
         call.stats.forward_passes += 1
@@ -339,23 +339,29 @@ class DiffusionDecoder:
         rope = packed_rope(self.cfg, rows.pos, rows.packer)  # rebuilt only when rows change
         views: dict[int, LayerView] = {}
         computed: list[Tensor] = []  # per layer, 0-dim count of rows that really ran
+        counted: tuple[Tensor | None, Tensor | None] = (None, None)  # (computed mask, its count): rows often repeat
+        hooks = evict and bool(self.eviction)
+        traced = call.recorder.layers if call.recorder is not None else ()
         for i, layer in enumerate(self.model.layers):
             x = LayerCall(index=i, layer=layer, h=h, rows=rows, mask=mask, kv=call.cache.layer(i), step=step,
                           rope=rope)
             proj = runner.project(x)
-            lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step)
-            if call.recorder is not None and i in call.recorder.layers:
+            if hooks or i in traced:
+                lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step)
+            if i in traced:
                 views[i] = lv if not self.cfg_scale else replace(  # the conditional half
                     lv, rows=Rows(rows.pos[:b], rows.valid[:b]), q=proj.q[:b], k=proj.k[:b], masked=masked_rows[:b])
-            keep = self.eviction.at_qkv(lv, call.policies) if evict else None
+            keep = self.eviction.at_qkv(lv, call.policies) if hooks else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
                 x = replace(x, h=h, rows=rows, mask=mask, rope=rope)
             out = runner.complete(x, proj)
             h = out.h
-            computed.append(out.computed.sum())
+            if out.computed is not counted[0]:
+                counted = (out.computed, out.computed.sum())
+            computed.append(counted[1])
             keep = self.eviction.after_layer(replace(lv, rows=rows, q=proj.q, k=proj.k, masked=masked_rows),
-                                             call.policies) if evict else None
+                                             call.policies) if hooks else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
         if self.cfg_scale:  # both halves computed the same rows; h keeps both halves for _block_logits
@@ -396,10 +402,17 @@ class DiffusionDecoder:
         return rows, h, proj, mask, masked_block.gather(1, rows.pos) & rows.valid, rope
 
     def _attention_mask(self, rows: Rows, visible: Tensor) -> Tensor:
-        """[B, L, T+1] bool, True = row may attend the key: the family's rule over visible positions [B, T]."""
+        """[B, L, K] bool, True = row may attend the key: the family's rule over visible positions [B, T].
+
+        K = the keys the rows' rule can reach (`Transformer.key_extent`: up to the last row's block
+        end under block diffusion), when the rows' last position is known; else T+1 (the trash
+        column, never visible). Attention reads only the first K keys of the cache.
+        """
         t = visible.shape[1]
-        key_pos = torch.arange(t + 1, device=visible.device).expand(visible.shape[0], t + 1)
-        mask = self.model.attention_rule(rows.pos, key_pos) & torch.nn.functional.pad(visible, (0, 1), value=False)[:, None, :]
+        width = t + 1 if rows.last_pos is None else self.model.key_extent(max(rows.last_pos, 0), t)
+        key_pos = torch.arange(width, device=visible.device).expand(visible.shape[0], width)
+        padded = torch.nn.functional.pad(visible, (0, 1), value=False)[:, None, :width]
+        mask = self.model.attention_rule(rows.pos, key_pos) & padded
         mask[:, :, 0] |= ~rows.valid  # padding rows attend position 0 so softmax stays finite
         return mask
 

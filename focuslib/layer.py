@@ -35,8 +35,12 @@ def packed_rope(cfg: ModelConfig, pos: Tensor, packer: RowPacker) -> tuple[Tenso
 
 
 def attend_rows(q: Tensor, kv: KVSlot, mask: Tensor) -> Tensor:
-    """Attention context [B, L, H, D] of queries q [B, L, H, D] over the layer's K/V under mask [B, L, T+1]."""
-    return attend(q, kv.k, kv.v, mask)
+    """Attention context [B, L, H, D] of queries q [B, L, H, D] over the layer's K/V under mask [B, L, K].
+
+    The mask covers the first K <= T+1 key positions (those the rows may reach); the rest are not read.
+    """
+    width = mask.shape[-1]
+    return attend(q, kv.k[:, :width], kv.v[:, :width], mask)
 
 
 def finish_rows(layer: Layer, h: Tensor, ctx: Tensor, packer: RowPacker) -> Tensor:

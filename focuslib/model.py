@@ -311,6 +311,13 @@ class Transformer(nn.Module):
         bs = self.cfg.block_size
         return (k_pos // bs)[:, None, :] <= (q_pos // bs)[:, :, None]
 
+    def key_extent(self, last_pos: int, positions: int) -> int:
+        """Key positions [0, extent) that queries at positions <= last_pos may attend under the family's rule."""
+        if self.cfg.attention == "full":
+            return positions
+        bs = self.cfg.block_size
+        return min(positions, (last_pos // bs + 1) * bs)
+
     # -- reference path ----------------------------------------------------------
 
     def forward(self, input_ids: Tensor, answer_start: Tensor | None = None, key_valid: Tensor | None = None) -> Tensor:

@@ -51,12 +51,13 @@ class Rows:
     pos: Tensor
     valid: Tensor
     n_valid: int | None = None  # valid.sum() when known on the host (the packer then needs no sync of its own)
+    last_pos: int | None = None  # the largest valid position when known on the host (-1: no valid row)
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> "Rows":
         """Rows for the True entries of mask [B, T], in increasing position order (one host sync)."""
-        index, valid, n = _compact(mask)
-        return cls(torch.where(valid, index, 0), valid, n)
+        index, valid, n, last = _compact(mask, torch.arange(mask.shape[1], device=mask.device).expand_as(mask))
+        return cls(torch.where(valid, index, 0), valid, n, last)
 
     @cached_property
     def packer(self) -> RowPacker:
@@ -66,8 +67,8 @@ class Rows:
     def select(self, keep: Tensor) -> tuple["Rows", Tensor]:
         """Keep rows where keep [B, L] is True (one host sync); also returns the gather index [B, L'] into the
         old rows."""
-        index, valid, n = _compact(keep & self.valid)
-        return Rows(gather_rows(self.pos, index), valid, n), index
+        index, valid, n, last = _compact(keep & self.valid, self.pos)
+        return Rows(gather_rows(self.pos, index), valid, n, last), index
 
     def by_position(self, values: Tensor, positions: int, fill: float | bool | int) -> Tensor:
         """Row values [B, L, ...] -> [B, T+1, ...] by absolute position; padding rows land in column T.
@@ -94,12 +95,17 @@ class Rows:
         return self.lookup(positions).gather(1, at)
 
 
-def _compact(keep: Tensor) -> tuple[Tensor, Tensor, int]:
-    """`compact_rows` of keep [B, L] plus the kept total, its packed width and the total read in one host sync."""
+def _compact(keep: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, int, int]:
+    """`compact_rows` of keep [B, L], the kept total and the largest kept position of pos [B, L] (-1: none).
+
+    The packed width, the total and the largest position are read in one host sync.
+    """
+    if not keep.numel():
+        return *compact_rows(keep, 0), 0, -1
     counts = keep.sum(1)
-    width, total = torch.stack([counts.max(), counts.sum()]).tolist() if keep.numel() else (0, 0)
+    width, total, last = torch.stack([counts.max(), counts.sum(), torch.where(keep, pos, -1).max()]).tolist()
     index, valid = compact_rows(keep, width)
-    return index, valid, total
+    return index, valid, total, last
 
 
 def block_positions(start: Tensor, span: int, positions: int) -> tuple[Tensor, Tensor]:

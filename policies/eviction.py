@@ -424,8 +424,9 @@ class _DyLLMRunner(LayerRunner):
         if index.shape[1] == 0:
             return torch.zeros_like(rows)
         pos = torch.where(valid, gather_rows(x.rows.pos, index), c.trash)  # [B, N]
+        width = x.mask.shape[-1]  # the keys the rows may reach (at most T+1)
         c_new, cos = dyllm_update_and_cosine(
-            gather_rows(q_all, index), x.kv.k, dv, gather_rows(c.context[x.index], pos),
+            gather_rows(q_all, index), x.kv.k[:, :width], dv[:, :width], gather_rows(c.context[x.index], pos),
             gather_rows(c.reference[x.index], pos), gather_rows(x.mask, index))
         c.put(c.context[x.index], pos, c_new)
         l = rows.shape[1]

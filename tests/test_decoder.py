@@ -549,3 +549,40 @@ def test_a_dense_step_waits_for_the_device_twice(cache):
     decoder = DiffusionDecoder(tiny_model("sdar"), Threshold(0.9), cache=cache)
     syncs = host_syncs_per_step(decoder, [[3, 4, 5], [6, 7]], gen_length=16)
     assert len(syncs) >= 2 and set(syncs) == {2}
+
+
+def test_key_extent_follows_the_family_rule():
+    """Block diffusion: a query reaches keys up to its block's end; full attention: every position."""
+    sdar = tiny_model("sdar")
+    bs = sdar.cfg.block_size
+    assert sdar.key_extent(0, 100) == bs
+    assert sdar.key_extent(bs - 1, 100) == bs
+    assert sdar.key_extent(bs, 100) == 2 * bs
+    assert sdar.key_extent(98, 100) == 100  # clipped to the sequence
+    assert tiny_model("llada").key_extent(3, 100) == 100
+
+
+@pytest.mark.parametrize("family", ["sdar", "llada"])
+def test_attention_reads_only_the_keys_its_rows_can_reach(family, monkeypatch):
+    """The mask (and so the keys attention reads) stops where the family rule stops: every cut column is
+    unreachable for every row under the full-width rule, and under block diffusion early blocks read fewer keys."""
+    from focuslib.layer import DenseRunner
+
+    decoder = DiffusionDecoder(tiny_model(family), Threshold(0.9), cache="block" if family == "sdar" else "dual")
+    widths: list[tuple[int, int]] = []
+    complete = DenseRunner.complete
+
+    def spy(self, x, proj):
+        t = x.kv.k.shape[1] - 1
+        full = decoder.model.attention_rule(x.rows.pos, torch.arange(t).expand(x.rows.pos.shape[0], t))
+        assert not (full[:, :, x.mask.shape[-1]:] & x.rows.valid[:, :, None]).any()
+        widths.append((x.mask.shape[-1], t))
+        return complete(self, x, proj)
+
+    monkeypatch.setattr(DenseRunner, "complete", spy)
+    decoder.generate([[3, 4, 5], [6, 7]], gen_length=24, stop_at_eos=False)
+    assert widths
+    if family == "sdar":
+        assert any(w < t for w, t in widths)
+    else:
+        assert all(w == t for w, t in widths)
