@@ -39,7 +39,7 @@ def eval_plus_minus(expr: str) -> int:
 
 
 def long_oracle(body: str) -> str | None:
-    """Answers of the long-answer tasks (tribonacci, count_by, repeat, walk) re-derived from the prompt text."""
+    """Answers of the long-answer tasks (tribonacci, count_by, repeat, walk, running_sum) re-derived from the prompt text."""
     if m := re.fullmatch(r"trib (\d)(\d)(\d) (\d\d)", body):
         a, b, c, n = (int(g) for g in m.groups())
         out = []
@@ -59,6 +59,9 @@ def long_oracle(body: str) -> str | None:
             x = succ[x]
             out.append(x)
         return "".join(out)
+    if m := re.fullmatch(r"sum (\d+) (\d\d)", body):
+        digits, n = [int(d) for d in m.group(1)], int(m.group(2))
+        return "".join(str(sum(digits[:i + 1]) % 10) for i in range(n))
     return None
 
 
@@ -124,7 +127,7 @@ def test_answers_correct_and_scored(name: str) -> None:
         assert task.score("", ex) == 0.0
 
 
-@pytest.mark.parametrize("name", ["tribonacci", "count_by", "repeat", "walk"])
+@pytest.mark.parametrize("name", ["tribonacci", "count_by", "repeat", "walk", "running_sum"])
 def test_long_tasks_fill_most_of_a_64_token_window(name: str) -> None:
     task = load_task(name, 200, seed="test")
     lengths = [len(a) for a in task.answers]
@@ -133,6 +136,16 @@ def test_long_tasks_fill_most_of_a_64_token_window(name: str) -> None:
     short = load_task(name, 50, seed="test", **({"min_fields": 2, "max_fields": 4} if name == "count_by"
                                                  else {"min_len": 4, "max_len": 8}))
     assert max(len(a) for a in short.answers) <= 8  # the difficulty knob used by the curriculum
+
+
+def test_running_sum_keeps_every_digit_at_a_fixed_distance() -> None:
+    """Whatever n is, prompt digit i sits at the same distance before answer digit i (width digits per prompt)."""
+    task = load_task("running_sum", 50, seed="test", min_len=1, max_len=48)
+    assert len({len(p) for p in task.prompts}) == 1 and len({len(a) for a in task.answers}) > 10
+    with pytest.raises(ValueError, match="max_len"):
+        load_task("running_sum", 5, max_len=49)
+    with pytest.raises(ValueError, match="width"):
+        load_task("running_sum", 5, width=61, max_len=48)
 
 
 def test_long_mix_is_half_walk() -> None:

@@ -11,6 +11,7 @@ the range from strictly sequential to parallel decoding:
 | count_by     | "cnt 37+7 24="  | 24 two-digit fields 37 44 51 ... mod 100, no separators | the previous field and the step: sequential across fields, carries inside |
 | repeat       | "rep k3q9 48="  | "k3q9k3q9..." cut to 48 characters       | the pattern and its own offset: parallel |
 | walk         | "walk ab bc ca ... a 48=" | 48 letters, each the successor of the one before it in the listed pairs | the previous answer token, looked up in the prompt: strictly sequential |
+| running_sum  | "sum 3527...(48 digits) 40=" | 40 digits, a_i = a_{i-1} + prompt digit i mod 10 | the previous answer digit and the prompt digit a fixed distance back: strictly sequential |
 | long_mix     | any of the above | ...                                    | walk 1/2, count_by 1/4, repeat 1/4       |
 
 The two-digit number before "=" is the answer length (in fields for count_by), so
@@ -31,9 +32,11 @@ random subset of a-p: a shorter lookup table for training to start on.
 tribonacci stays available as a task but is not in `long_mix`: its three-term
 digit sum mod 10 was not learned by the 8-layer model in 137 minutes.
 
-Why not a digit-aligned running sum or long addition: a token there must read a
-prompt digit 25-60 positions away, which a 1.6M-parameter probe did not learn in
-35 minutes on this CPU (docs/design.md, "The regime testbed").
+running_sum is not in `long_mix` either: a token must read the prompt digit at a
+fixed distance of 53 positions, which neither a 1.6M-parameter probe with
+comma-separated sums (35 minutes) nor a 4-layer one on this exact format
+(25 minutes, 2430 steps: correct prefix 2.5%, the first digit only) learned on this
+CPU (docs/design.md, "The regime testbed").
 """
 
 from __future__ import annotations
@@ -90,6 +93,28 @@ def repeat_stream(seed: int, *, min_len: int = 40, max_len: int = 60, pattern_le
         yield {"prompt": f"rep {pattern} {n:02d}=", "answer": answer, "task": "repeat"}
 
 
+def running_sum_stream(seed: int, *, min_len: int = 40, max_len: int = 48, width: int = 48) -> Iterator[Row]:
+    """Running sums mod 10 of `width` prompt digits, the first n of them: "sum 3527... 04=" -> "3870".
+
+    Answer digit i = (answer digit i-1 + prompt digit i) mod 10. The prompt always
+    holds `width` digits, so digit i sits at a fixed distance from answer digit i
+    whatever n is: one relative-position read plus a two-digit sum per token.
+    """
+    _check_length("len", min_len, max_len, maximum=width)
+    if not 1 <= width <= 60:
+        raise ValueError(f"width must be in 1..60, got {width}")
+    rng = random.Random(seed)
+    while True:
+        digits = [rng.randint(0, 9) for _ in range(width)]
+        n = rng.randint(min_len, max_len)
+        sums, total = [], 0
+        for d in digits[:n]:
+            total = (total + d) % 10
+            sums.append(total)
+        prompt = f"sum {''.join(map(str, digits))} {n:02d}="
+        yield {"prompt": prompt, "answer": "".join(map(str, sums)), "task": "running_sum"}
+
+
 WALK_ALPHABET: str = string.ascii_lowercase[:16]
 
 
@@ -131,7 +156,7 @@ def walk_stream(seed: int, *, min_len: int = 40, max_len: int = 60, min_cycle: i
 
 
 LONG_STREAMS = {"tribonacci": tribonacci_stream, "count_by": count_by_stream, "repeat": repeat_stream,
-                "walk": walk_stream}
+                "walk": walk_stream, "running_sum": running_sum_stream}
 
 # The sequential task carries half the mixture: it is the one in FOCUS's regime.
 LONG_MIX_WEIGHTS: dict[str, float] = {"walk": 0.5, "count_by": 0.25, "repeat": 0.25}
