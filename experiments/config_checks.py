@@ -7,7 +7,7 @@ any weights load, so a bad sweep point fails in seconds with the offending key n
 truth for their own argument ranges: we instantiate them (cheap, no model) and re-label
 their errors with the config key. Model facts come from config.json alone
 (`focuslib.loading.read_config`), never from the weights. The decoder's own request rules
-(`DiffusionDecoder.request_problems`: steps against the blocks, the block grid, each task
+(`focuslib.requests.request_problems`: steps against the blocks, the block grid, each task
 prompt encoded by the checkpoint's tokenizer, when it has one) run here too, with the
 decoder's messages, so nothing that `generate` would refuse passes `check_only=true`. Keys
 the schema does not have are errors, including those added with Hydra's `+key=value`.
@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from focuslib.cache import CACHE_MODES, CACHE_OPTIONS
-from focuslib.decoder import DiffusionDecoder
+from focuslib.requests import encode_prompts, request_problems
 from focuslib.eviction import as_policy_list as _as_list  # the decoder's own normaliser: what validates, decodes
 from focuslib.loading import CheckpointError, load_tokenizer, read_config, resolve_checkpoint
 from focuslib.model import ModelConfig
@@ -382,14 +382,14 @@ MAX_PROMPT_PROBLEMS = 3  # a bad rule usually hits many of a task's prompts: nam
 
 def check_request(cfg: DictConfig, model_path: Path | None, model_cfg: ModelConfig, unmasking: Any,
                   steps: Optional[int], task: Task | None, problems: list[str]) -> None:
-    """The decoder's own request rules (`DiffusionDecoder.request_problems`, the same code `generate` runs), with
+    """The decoder's own request rules (`request_problems`, the same code `generate` runs), with
     the task's prompts encoded by the checkpoint's tokenizer when it has one: unknown characters, empty
     prompts, prompt + gen_length beyond max_positions, the block grid, steps against the blocks."""
     if unmasking is None or any(p.startswith(("gen_length", "steps", "block_size")) for p in problems):
         return  # already reported with the key
     ids = _task_ids(model_path, task, problems) if task is not None and model_path is not None else None
     block = model_cfg.block_size if model_cfg.block_diffusion else cfg.get("block_size")
-    found = DiffusionDecoder.request_problems(model_cfg, cfg.gen_length, steps, block_size=block,
+    found = request_problems(model_cfg, cfg.gen_length, steps, block_size=block,
                                               unmasking=unmasking, prompts=ids)
     prompt_problems = [str(e) for e in found if str(e).startswith("prompt ")]
     problems.extend(f"task: {m}" for m in prompt_problems[:MAX_PROMPT_PROBLEMS])
@@ -413,7 +413,7 @@ def _task_ids(model_path: Path, task: Task, problems: list[str]) -> list[list[in
     if tokenizer is None:
         return None  # generate() will say that text prompts need a tokenizer
     try:
-        return DiffusionDecoder.encode_prompts(list(task.prompts), tokenizer)
+        return encode_prompts(list(task.prompts), tokenizer)
     except (TypeError, ValueError) as err:  # names the first bad prompt
         problems.append(f"task: {err}")
         return None

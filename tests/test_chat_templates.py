@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from focuslib import DiffusionDecoder, evaluate, load_model
 from focuslib.experiments.config_checks import ConfigError, plan_run
 from focuslib.loading import BUNDLED_DIR, load_tokenizer, read_config
+from focuslib.requests import encode_prompts
 from focuslib.policies.unmasking import Threshold
 from focuslib.tasks import apply_chat_template, load_task
 from focuslib.tasks.benchmarks import humaneval_program, score_humaneval
@@ -44,7 +45,7 @@ def test_sdar_reference_tokenizer_keeps_its_chat_template():
     prompt = apply_chat_template(tok, QUESTION)
     # SDAR's README: apply_chat_template([{"role": "user", ...}], add_generation_prompt=True, tokenize=False)
     assert prompt == f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
-    ids = DiffusionDecoder.encode_prompts([prompt], tok)[0]
+    ids = encode_prompts([prompt], tok)[0]
     im_start, im_end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
     assert ids[0] == im_start and ids.count(im_start) == 2 and ids.count(im_end) == 1  # special tokens, once each
 

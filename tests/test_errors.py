@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from focuslib import DiffusionDecoder, load_model, load_trace, save_trace
 from focuslib.loading import CheckpointError, read_config, save_checkpoint
+from focuslib.requests import encode_prompts
 from focuslib.testing import TINY_VOCAB, tiny_char_tokenizer, tiny_model, write_tiny_checkpoint
 from focuslib.trace import COLUMNS
 from focuslib.policies.budget import FixedBudget, FocusBudget
@@ -124,9 +125,9 @@ def test_allow_unk_decodes_anyway(bundled):
 
 def test_raw_char_tokenizer_unknown_characters():
     with pytest.raises(ValueError, match=r"prompt 0 .* cannot encode: 'A'"):
-        DiffusionDecoder.encode_prompts(["A+1="], tiny_char_tokenizer())
+        encode_prompts(["A+1="], tiny_char_tokenizer())
     tok = tiny_char_tokenizer()
-    assert DiffusionDecoder.encode_prompts(["a+1="], tok) == [[tok.token_to_id(c) for c in "a+1="]]
+    assert encode_prompts(["a+1="], tok) == [[tok.token_to_id(c) for c in "a+1="]]
 
 
 def test_byte_level_tokenizers_are_not_checked():
@@ -136,7 +137,7 @@ def test_byte_level_tokenizers_are_not_checked():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(["hello world"], trainers.BpeTrainer(initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    ids = DiffusionDecoder.encode_prompts(["Café 😀"], tok)
+    ids = encode_prompts(["Café 😀"], tok)
     assert tok.decode(ids[0]) == "Café 😀"
 
 
