@@ -19,6 +19,7 @@ with `--slow`.
 
     python -m experiments.doc_outputs                 # check the fast blocks (a test runs this)
     python -m experiments.doc_outputs --slow --write  # regenerate everything (minutes)
+    python -m experiments.doc_outputs README.md --slow --write --only experiments.overhead  # some blocks
 """
 
 from __future__ import annotations
@@ -232,10 +233,11 @@ def check(blocks: Sequence[Block], write: bool) -> list[str]:
     return errors
 
 
-def all_blocks(files: Sequence[str] = DOC_FILES, slow: bool = False) -> Iterator[Block]:
+def all_blocks(files: Sequence[str] = DOC_FILES, slow: bool = False, only: str | None = None) -> Iterator[Block]:
+    """The blocks of `files`: fast ones, slow ones too with `slow`; with `only`, those whose commands contain it."""
     for name in files:
         for block in find_blocks(ROOT / name):
-            if slow or not block.slow:
+            if (slow or not block.slow) and (only is None or any(only in cmd for cmd in block.commands)):
                 yield block
 
 
@@ -244,8 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", default=list(DOC_FILES), help="Markdown files, relative to the checkout")
     parser.add_argument("--write", action="store_true", help="rewrite the blocks with fresh output")
     parser.add_argument("--slow", action="store_true", help="also run commands that take minutes (bench, train)")
+    parser.add_argument("--only", metavar="TEXT", help="only the blocks whose commands contain TEXT")
     args = parser.parse_args(argv)
-    errors = check(list(all_blocks(args.files, args.slow)), args.write)
+    blocks = list(all_blocks(args.files, args.slow, args.only))
+    if args.only is not None and not blocks:
+        parser.error(f"no block of {args.files} matches --only {args.only!r}" + ("" if args.slow else " (slow blocks need --slow)"))
+    errors = check(blocks, args.write)
     for message in errors:
         print(f"\n{message}", file=sys.stderr)
     return 1 if errors else 0

@@ -164,3 +164,14 @@ def test_every_fast_output_block_reproduces():
     assert len(blocks) >= 9, "output blocks disappeared from the docs"
     errors = check(blocks, write=False)
     assert not errors, "\n".join(errors) + "\n(regenerate: python -m experiments.doc_outputs --write)"
+
+
+def test_doc_outputs_only_selects_blocks_by_command():
+    from experiments.doc_outputs import all_blocks, main
+
+    picked = list(all_blocks(["README.md"], slow=True, only="experiments.overhead"))
+    assert picked and all(any("experiments.overhead" in c for c in b.commands) for b in picked)
+    assert len(picked) < len(list(all_blocks(["README.md"], slow=True)))
+    assert not list(all_blocks(["README.md"], slow=False, only="experiments.overhead"))  # slow blocks need slow
+    with pytest.raises(SystemExit):
+        main(["README.md", "--only", "no such command anywhere"])
