@@ -85,6 +85,7 @@ class DecodeConfig:
     seed: int = 0
     cfg_scale: float = 0.0
     threads: Optional[int] = None
+    compile: bool = False
     show: int = 3
     progress: bool = True
     check_only: bool = False

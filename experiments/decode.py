@@ -54,6 +54,8 @@ def run(cfg: DictConfig, plan: Plan, run_dir: Path, overrides: list[str]) -> dic
         print(f"loading {cfg.model.path} ({plan.model_cfg.family}, {plan.model_cfg.attention} attention)")
     model, tok = load_model(plan.model_path, dtype=cfg.model.dtype, device=device,
                             config_overrides=OmegaConf.to_container(cfg.model.config_overrides))
+    if cfg.compile:
+        model.compile_layers()
     decoder = DiffusionDecoder(model, plan.unmasking, plan.eviction, plan.budget,
                                block_size=plan.block_size, cache=plan.cache, cache_options=plan.cache_options,
                                cfg_scale=plan.cfg_scale, tokenizer=tok)

@@ -284,6 +284,19 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
+    def compile_layers(self, backend: str = "inductor") -> "Transformer":
+        """Compile every layer's row-wise halves (`Layer.qkv`, `Layer.finish`) with torch.compile, dynamic shapes.
+
+        Those halves run on the packed rows of a step, whose count changes from step to step
+        (hence dynamic shapes: one compile, not one per row count); attention stays eager, its
+        masks vary in both dimensions. Same tokens as eager decoding; the first call compiles
+        (seconds to a minute on CPU). Returns the model.
+        """
+        for layer in self.layers:
+            layer.qkv = torch.compile(layer.qkv, dynamic=True, backend=backend)
+            layer.finish = torch.compile(layer.finish, dynamic=True, backend=backend)
+        return self
+
     # -- layer-by-layer API ------------------------------------------------------
 
     def embed_rows(self, ids: Tensor, pos: Tensor, answer_start: Tensor | None = None) -> Tensor:

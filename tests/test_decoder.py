@@ -586,3 +586,14 @@ def test_attention_reads_only_the_keys_its_rows_can_reach(family, monkeypatch):
         assert any(w < t for w, t in widths)
     else:
         assert all(w == t for w, t in widths)
+
+
+def test_compiled_layers_decode_the_same_tokens():
+    """Transformer.compile_layers (inductor, dynamic row counts): ragged prompts, block cache, same tokens as eager."""
+    model = tiny_model("sdar")
+    decoder = DiffusionDecoder(model, Threshold(0.9), cache="block")
+    prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]]
+    eager = decoder.generate(prompts, gen_length=16, stop_at_eos=False).tokens
+    model.compile_layers()
+    assert all(hasattr(layer.qkv, "_torchdynamo_orig_callable") for layer in model.layers)
+    assert torch.equal(decoder.generate(prompts, gen_length=16, stop_at_eos=False).tokens, eager)
