@@ -2,13 +2,15 @@
 
 Per step, for every unfinished sequence of the batch:
 
-1. `_view`      -- where each sequence stands: its current block, what is decoded;
+1. `DecodeState.view` -- where each sequence stands: its current block, what is decoded
+   (`focuslib.schedule`, the tensor-only block scheduler);
 2. the cache mode picks the positions to compute and the K/V that may be reused;
 3. `_run_layers` -- layers run one by one over those rows; eviction policies may
    drop rows between layers (FOCUS) or reuse cached rows (DyLLM);
 4. `_block_logits` -- logits of the surviving rows that predict the current block
    (Dream reads position p at row p - 1);
-5. the unmasking policy commits tokens; `_apply` writes them and the bookkeeping.
+5. the unmasking policy commits tokens; `_apply` hands them to `DecodeState.commit` (blocks,
+   step counters, EOS) and reads the step's counters in its one host sync.
 
 Sequences of different lengths share a batch: each keeps its own positions,
 blocks and step counters, so a batch gives the same tokens as one at a time.
@@ -27,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from focuslib.cache import CACHE_OPTIONS, BlockView, CacheMode, KVCache, cache_mode_class
+from focuslib.cache import CACHE_OPTIONS, CacheMode, KVCache, cache_mode_class
 from focuslib.contract import BudgetPolicy, CommitView, LayerCall, LayerView, Projection, StepView
 from focuslib.eviction import EvictionStack, StackState
 from focuslib.families import get_family
@@ -35,12 +37,10 @@ from focuslib.layer import DenseRunner, packed_rope
 from focuslib.model import Transformer
 from focuslib.requests import encode_prompts, request_problems
 from focuslib.rows import Rows
+from focuslib.schedule import DecodeState
 from focuslib.trace import TraceRecorder
 from focuslib.kernels import gather_rows
 from focuslib.policies.unmasking import POLICIES, StepContext, UnmaskingPolicy
-
-NOT_COMMITTED = -1
-
 
 @dataclass
 class DecodeStats:
@@ -102,24 +102,6 @@ class GenerationOutput:
     trace: "object | None" = None  # pandas DataFrame when generate(trace=True)
     steps_per_sequence: list[int] = field(default_factory=list)  # steps until each sequence finished
     committed_per_sequence: list[int] = field(default_factory=list)  # tokens each sequence committed
-
-
-@dataclass
-class DecodeState:
-    """Everything that changes during decoding. [B, T] tensors are indexed by absolute position."""
-
-    x: Tensor  # [B, T] long tokens
-    in_sequence: Tensor  # [B, T] bool, True = prompt or generation position of this sequence
-    block_id: Tensor  # [B, T] long, block of each position (-1 for prompt rows of full-attention families)
-    prompt_len: Tensor  # [B]
-    committed_step: Tensor  # [B, T] long, step at which the position was committed (-1: not yet / prompt)
-    current_block: Tensor  # [B] long, block being decoded (a large value once finished)
-    step_in_block: Tensor  # [B] long
-    masked_at_block_start: Tensor  # [B] long
-    done: Tensor  # [B] bool
-    block_changed: Tensor  # [B] bool, True = current block started at this step
-    span: int  # positions per block
-    bad_logits: Tensor | None = None  # [B] bool, set by _block_logits: a candidate's logits held NaN/Inf
 
 
 @dataclass
@@ -212,7 +194,10 @@ class DiffusionDecoder:
         ids = self._encode(prompts)
         self._check_request(ids, gen_length, steps)
         start = time.perf_counter()
-        state = self._init_state(ids, gen_length)
+        cfg = self.cfg
+        pad = cfg.pad_id if cfg.pad_id is not None else (cfg.eos_ids[0] if cfg.eos_ids else 0)
+        state = DecodeState.start(ids, gen_length, mask_id=cfg.mask_id, pad_id=pad, block_size=self.block_size,
+                                  block_diffusion=cfg.block_diffusion, device=self.model.embed.weight.device)
         b, t = state.x.shape
         dev = state.x.device
         call = _Call(
@@ -232,7 +217,7 @@ class DiffusionDecoder:
 
     def _step(self, state: DecodeState, call: _Call) -> bool:
         """One forward pass and its commits; True when every sequence is done."""
-        view = self._view(state)
+        view = state.view()
         active = ~state.done
         t = state.x.shape[1]
         need = call.mode.rows(view)
@@ -293,23 +278,12 @@ class DiffusionDecoder:
         out = torch.zeros(state.x.shape[0], state.x.shape[1] + 1, dtype=torch.bool, device=state.x.device)
         return out.scatter_(1, torch.where(chosen, block_pos, state.x.shape[1]), chosen)[:, :-1]
 
-    def _view(self, state: DecodeState) -> BlockView:
-        decoded = state.x != self.cfg.mask_id
-        cur = state.current_block[:, None]
-        nxt = torch.nn.functional.pad(state.block_id[:, 1:], (0, 1), value=-2)
-        return BlockView(
-            in_sequence=state.in_sequence, decoded=decoded,
-            before_block_end=state.block_id <= cur, in_block=(state.block_id == cur) & state.in_sequence,
-            block_start_step=state.block_changed, block_last=(nxt != state.block_id) | ~state.in_sequence,
-            in_finished_block=state.block_id < cur,
-        )
-
     def _step_view(self, state: DecodeState, masked_block: Tensor, index: int,
                    steps_per_block: int | None) -> StepView:
         """The frozen view of this step that policies receive."""
         last = None if steps_per_block is None else state.step_in_block >= steps_per_block - 1
         return StepView(step=index, tokens=state.x, mask_id=self.cfg.mask_id, prompt_len=state.prompt_len,
-                        block_start=self._block_start(state), span=state.span, step_in_block=state.step_in_block,
+                        block_start=state.block_start(), span=state.span, step_in_block=state.step_in_block,
                         masked_at_block_start=state.masked_at_block_start, n_masked=masked_block.sum(1),
                         active=~state.done, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
 
@@ -446,13 +420,6 @@ class DiffusionDecoder:
         logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
         return logits, candidates
 
-    def _block_start(self, state: DecodeState) -> Tensor:
-        """[B] absolute start of each sequence's current block (for gathering its positions)."""
-        blk = state.current_block.clamp(max=state.x.shape[1])  # finished sequences: anything in range
-        if self.cfg.block_diffusion:
-            return blk * self.block_size
-        return state.prompt_len + blk * (self.block_size or 0)
-
     def _apply(self, state: DecodeState, block_pos: Tensor, chosen: Tensor, tokens: Tensor, stats: DecodeStats,
                stop_at_eos: bool, stuck: Tensor, computed: Tensor) -> bool:
         """Write committed tokens, advance blocks, step counters and the done flags, then check the step;
@@ -464,22 +431,7 @@ class DiffusionDecoder:
         """
         active = ~state.done
         bad = state.bad_logits if state.bad_logits is not None else torch.zeros_like(active)
-        t = state.x.shape[1]
-        slot = torch.where(chosen, block_pos, t)  # [B, S]: slots not committed write to a trash column
-        state.x = torch.nn.functional.pad(state.x, (0, 1)).scatter_(1, slot, tokens)[:, :t].contiguous()
-        state.committed_step = torch.nn.functional.pad(state.committed_step, (0, 1)).scatter_(
-            1, slot, torch.full_like(slot, stats.steps))[:, :t].contiguous()
-        masked = (state.x == self.cfg.mask_id) & state.in_sequence
-        block = torch.where(masked, state.block_id, torch.iinfo(torch.long).max).min(1).values
-        state.block_changed = block != state.current_block
-        state.step_in_block = torch.where(state.block_changed, 0, state.step_in_block + 1)
-        in_new_block = masked & (state.block_id == block[:, None])
-        state.masked_at_block_start = torch.where(state.block_changed, in_new_block.sum(1),
-                                                  state.masked_at_block_start)
-        state.current_block = block
-        state.done = ~masked.any(1)
-        if stop_at_eos:
-            state.done |= self._eos_reached(state, masked)
+        state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if stop_at_eos else ())
         counts = torch.stack([chosen.sum(), active.sum(), bad.sum(), stuck.sum(), state.done.all().long()])
         n, n_active, n_bad, n_stuck, all_done, *per_layer = torch.cat([counts, computed]).tolist()  # the one sync
         if n_stuck:
@@ -499,17 +451,6 @@ class DiffusionDecoder:
         stats.sequence_steps += n_active
         stats.steps += 1
         return bool(all_done)
-
-    def _eos_reached(self, state: DecodeState, masked: Tensor) -> Tensor:
-        """[B] True = an EOS was generated with nothing masked before it."""
-        if not self.cfg.eos_ids:
-            return torch.zeros_like(state.done)
-        t = state.x.shape[1]
-        gen = state.in_sequence & (torch.arange(t, device=state.x.device) >= state.prompt_len[:, None])
-        eos = torch.isin(state.x, torch.tensor(self.cfg.eos_ids, device=state.x.device)) & gen
-        first_eos = torch.where(eos.any(1), eos.float().argmax(1), t)
-        first_mask = torch.where(masked.any(1), masked.float().argmax(1), t)
-        return eos.any(1) & (first_mask > first_eos)
 
     # -- setup -------------------------------------------------------------------
 
@@ -545,34 +486,6 @@ class DiffusionDecoder:
 
     def _steps_per_block(self, gen_length: int, steps: int | None) -> int | None:
         return None if steps is None else steps // self._n_blocks(gen_length)
-
-    def _init_state(self, ids: list[list[int]], gen_length: int) -> DecodeState:
-        cfg, dev = self.cfg, self.model.embed.weight.device
-        b = len(ids)
-        prompt_len = torch.tensor([len(p) for p in ids], device=dev)
-        t = int(prompt_len.max()) + gen_length
-        pos = torch.arange(t, device=dev).expand(b, t)
-        x = torch.full((b, t), cfg.mask_id, dtype=torch.long, device=dev)
-        for i, p in enumerate(ids):
-            x[i, : len(p)] = torch.tensor(p, device=dev)
-        in_sequence = pos < (prompt_len + gen_length)[:, None]
-        pad = cfg.pad_id if cfg.pad_id is not None else (cfg.eos_ids[0] if cfg.eos_ids else 0)
-        x = torch.where(in_sequence, x, pad)
-        if cfg.block_diffusion:
-            block_id = pos // self.block_size
-        else:
-            span = self.block_size or gen_length
-            block_id = torch.where(pos >= prompt_len[:, None], (pos - prompt_len[:, None]) // span, -1)
-        masked = x == cfg.mask_id
-        first = torch.where(masked, block_id, torch.iinfo(torch.long).max).min(1).values
-        return DecodeState(
-            x=x, in_sequence=in_sequence, block_id=block_id, prompt_len=prompt_len,
-            committed_step=torch.full((b, t), NOT_COMMITTED, device=dev), current_block=first,
-            step_in_block=torch.zeros(b, dtype=torch.long, device=dev),
-            masked_at_block_start=(masked & (block_id == first[:, None])).sum(1),
-            done=torch.zeros(b, dtype=torch.bool, device=dev), block_changed=torch.ones(b, dtype=torch.bool, device=dev),
-            span=self.block_size or gen_length,
-        )
 
     def _new_cache(self, state: DecodeState) -> KVCache:
         cfg = self.cfg

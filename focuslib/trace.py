@@ -23,7 +23,7 @@ from focuslib.contract import LayerView
 from focuslib.kernels import masked_importance
 
 if TYPE_CHECKING:
-    from focuslib.decoder import DecodeState
+    from focuslib.schedule import DecodeState
 
 COLUMNS = ("step", "seq", "block", "position", "imp0", "imp1", "delta", "score", "kept", "confidence", "committed",
            "committed_step")

@@ -1,0 +1,124 @@
+"""The block scheduler: where every sequence of a batch stands, and how a step's commits move it on.
+
+Tensor-only: no model, no tokenizer, no host sync. The decoder (`focuslib.decoder`)
+runs the model and the policies, then hands each step's commits to `DecodeState.commit`;
+sequences of different lengths keep their own positions, blocks and step counters.
+
+Shapes: B batch, T positions, S block slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from focuslib.cache import BlockView
+
+NOT_COMMITTED = -1
+_NO_BLOCK = torch.iinfo(torch.long).max  # current_block of a sequence with nothing masked
+
+
+@dataclass
+class DecodeState:
+    """Everything that changes during decoding. [B, T] tensors are indexed by absolute position."""
+
+    x: Tensor  # [B, T] long tokens
+    in_sequence: Tensor  # [B, T] bool, True = prompt or generation position of this sequence
+    block_id: Tensor  # [B, T] long, block of each position (-1 for prompt rows of full-attention families)
+    prompt_len: Tensor  # [B]
+    committed_step: Tensor  # [B, T] long, step at which the position was committed (-1: not yet / prompt)
+    current_block: Tensor  # [B] long, block being decoded (a large value once finished)
+    step_in_block: Tensor  # [B] long
+    masked_at_block_start: Tensor  # [B] long
+    done: Tensor  # [B] bool
+    block_changed: Tensor  # [B] bool, True = current block started at this step
+    span: int  # positions per block
+    mask_id: int
+    block_diffusion: bool  # blocks on the absolute grid (SDAR-like) rather than from each prompt's end
+    bad_logits: Tensor | None = None  # [B] bool, set by the decoder: a candidate's logits held NaN/Inf
+
+    @classmethod
+    def start(cls, ids: list[list[int]], gen_length: int, *, mask_id: int, pad_id: int, block_size: int | None,
+              block_diffusion: bool, device: torch.device | str = "cpu") -> "DecodeState":
+        """Prompts `ids` followed by gen_length masks each, right-padded with pad_id to the longest.
+
+        block_size: positions per block (block-diffusion families: their own, on the absolute grid;
+        others: a semi-autoregressive block from each prompt's end, None = the whole generation).
+        """
+        b = len(ids)
+        prompt_len = torch.tensor([len(p) for p in ids], device=device)
+        t = int(prompt_len.max()) + gen_length
+        pos = torch.arange(t, device=device).expand(b, t)
+        x = torch.full((b, t), mask_id, dtype=torch.long, device=device)
+        for i, p in enumerate(ids):
+            x[i, : len(p)] = torch.tensor(p, device=device)
+        in_sequence = pos < (prompt_len + gen_length)[:, None]
+        x = torch.where(in_sequence, x, pad_id)
+        span = block_size or gen_length
+        if block_diffusion:
+            block_id = pos // span
+        else:
+            block_id = torch.where(pos >= prompt_len[:, None], (pos - prompt_len[:, None]) // span, -1)
+        masked = x == mask_id
+        first = torch.where(masked, block_id, _NO_BLOCK).min(1).values
+        return cls(
+            x=x, in_sequence=in_sequence, block_id=block_id, prompt_len=prompt_len,
+            committed_step=torch.full((b, t), NOT_COMMITTED, device=device), current_block=first,
+            step_in_block=torch.zeros(b, dtype=torch.long, device=device),
+            masked_at_block_start=(masked & (block_id == first[:, None])).sum(1),
+            done=torch.zeros(b, dtype=torch.bool, device=device),
+            block_changed=torch.ones(b, dtype=torch.bool, device=device),
+            span=span, mask_id=mask_id, block_diffusion=block_diffusion,
+        )
+
+    def view(self) -> BlockView:
+        """What a cache mode needs to know about the blocks (`focuslib.cache.BlockView`)."""
+        cur = self.current_block[:, None]
+        nxt = torch.nn.functional.pad(self.block_id[:, 1:], (0, 1), value=-2)
+        return BlockView(
+            in_sequence=self.in_sequence, decoded=self.x != self.mask_id,
+            before_block_end=self.block_id <= cur, in_block=(self.block_id == cur) & self.in_sequence,
+            block_start_step=self.block_changed, block_last=(nxt != self.block_id) | ~self.in_sequence,
+            in_finished_block=self.block_id < cur,
+        )
+
+    def block_start(self) -> Tensor:
+        """[B] absolute start of each sequence's current block (for gathering its positions)."""
+        blk = self.current_block.clamp(max=self.x.shape[1])  # finished sequences: anything in range
+        if self.block_diffusion:
+            return blk * self.span
+        return self.prompt_len + blk * self.span
+
+    def commit(self, block_pos: Tensor, chosen: Tensor, tokens: Tensor, step: int, eos_ids: tuple[int, ...] = ()
+               ) -> None:
+        """Write tokens [B, S] at block slots block_pos [B, S] where chosen [B, S], then move blocks, step
+        counters and done flags on. eos_ids non-empty: a sequence is also done once an EOS is generated with
+        nothing masked before it."""
+        t = self.x.shape[1]
+        slot = torch.where(chosen, block_pos, t)  # [B, S]: slots not committed write to a trash column
+        self.x = torch.nn.functional.pad(self.x, (0, 1)).scatter_(1, slot, tokens)[:, :t].contiguous()
+        self.committed_step = torch.nn.functional.pad(self.committed_step, (0, 1)).scatter_(
+            1, slot, torch.full_like(slot, step))[:, :t].contiguous()
+        masked = (self.x == self.mask_id) & self.in_sequence
+        block = torch.where(masked, self.block_id, _NO_BLOCK).min(1).values
+        self.block_changed = block != self.current_block
+        self.step_in_block = torch.where(self.block_changed, 0, self.step_in_block + 1)
+        in_new_block = masked & (self.block_id == block[:, None])
+        self.masked_at_block_start = torch.where(self.block_changed, in_new_block.sum(1), self.masked_at_block_start)
+        self.current_block = block
+        self.done = ~masked.any(1)
+        if eos_ids:
+            self.done |= self._eos_reached(masked, eos_ids)
+
+    def _eos_reached(self, masked: Tensor, eos_ids: tuple[int, ...]) -> Tensor:
+        """[B] True = an EOS was generated with nothing masked before it."""
+        t = self.x.shape[1]
+        gen = self.in_sequence & (torch.arange(t, device=self.x.device) >= self.prompt_len[:, None])
+        eos = torch.isin(self.x, torch.tensor(eos_ids, device=self.x.device)) & gen
+        first_eos = torch.where(eos.any(1), eos.float().argmax(1), t)
+        first_mask = torch.where(masked.any(1), masked.float().argmax(1), t)
+        return eos.any(1) & (first_mask > first_eos)
+
+
+__all__ = ["NOT_COMMITTED", "DecodeState"]

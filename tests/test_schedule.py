@@ -1,0 +1,38 @@
+"""The tensor-only block scheduler (focuslib.schedule) on hand-checkable cases."""
+from __future__ import annotations
+
+import torch
+
+from focuslib.schedule import NOT_COMMITTED, DecodeState
+
+M = 99  # mask id
+
+
+def test_block_grid_blocks_and_commits():
+    """Block diffusion, blocks of 4 on the absolute grid: prompts of 3 and 5 tokens, 5 generated each."""
+    s = DecodeState.start([[1, 2, 3], [1, 2, 3, 4, 5]], 5, mask_id=M, pad_id=0, block_size=4,
+                          block_diffusion=True)
+    assert s.x.tolist() == [[1, 2, 3, M, M, M, M, M, 0, 0], [1, 2, 3, 4, 5, M, M, M, M, M]]
+    assert s.current_block.tolist() == [0, 1]  # the first block holding a mask
+    assert s.masked_at_block_start.tolist() == [1, 3]
+    assert s.block_start().tolist() == [0, 4]
+    slots = s.block_start()[:, None] + torch.arange(4)  # [B, S]
+    chosen = torch.tensor([[False, False, False, True], [False, True, False, False]])
+    s.commit(slots, chosen, torch.full((2, 4), 7), step=0)
+    assert s.x[0, 3] == 7 and s.x[1, 5] == 7 and s.committed_step[0, 3] == 0 and s.committed_step[1, 6] == NOT_COMMITTED
+    assert s.current_block.tolist() == [1, 1] and s.block_changed.tolist() == [True, False]
+    assert s.step_in_block.tolist() == [0, 1]
+    assert s.masked_at_block_start.tolist() == [4, 3]  # sequence 0 entered block 1 with 4 masks
+    assert not s.done.any()
+
+
+def test_semi_autoregressive_blocks_start_at_each_prompt_end_and_eos_finishes():
+    s = DecodeState.start([[1], [1, 2, 3]], 4, mask_id=M, pad_id=0, block_size=2, block_diffusion=False)
+    assert s.block_id[0].tolist()[:5] == [-1, 0, 0, 1, 1] and s.block_start().tolist() == [1, 3]
+    slots = s.block_start()[:, None] + torch.arange(2)
+    eos = 5
+    s.commit(slots, torch.tensor([[True, False], [True, True]]), torch.tensor([[eos, 8], [6, 6]]), step=0,
+             eos_ids=(eos,))
+    # sequence 0: EOS with nothing masked before it -> done; sequence 1: masks left, no EOS -> not done
+    assert s.done.tolist() == [True, False]
+    assert s.current_block.tolist() == [0, 1]
