@@ -432,6 +432,9 @@ def plan_bench(cfg: DictConfig, stacks: dict[str, Any]) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             problems.append(f"{key} must be an int >= {low}, got {value!r}")
+    for key in ("regime", "quality", "compile"):
+        if not isinstance(cfg.get(key, False), bool):
+            problems.append(f"{key} must be true or false, got {cfg.get(key)!r}")
     sizes = cfg.get("batch_sizes")
     if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
         problems.append(f"batch_sizes must be a non-empty list of ints >= 1, got {sizes}")

@@ -89,6 +89,7 @@ def test_run_bench_builds_each_stack_with_its_cache_options(monkeypatch):
 @pytest.mark.parametrize("override,message", [
     ("+stacks.legacy.cache_option.attend_beyond_last_row=true", "stacks.legacy.cache_option: a stack has only"),
     ("+stacks.legacy.cache_options.attend_beyond=true", "stacks.legacy.cache_options.attend_beyond: cache mode"),
+    ("compile=fast", "compile must be true or false"),
 ])
 def test_bench_names_a_bad_stack_key(override, message):
     from focuslib.experiments.bench import score_stacks
