@@ -42,6 +42,7 @@ from focuslib.trace import TraceRecorder
 from focuslib.kernels import gather_rows
 from focuslib.policies.unmasking import POLICIES, StepContext, UnmaskingPolicy
 
+
 @dataclass
 class DecodeStats:
     """Counters of one `generate` call; row_layers (rows x layers actually run) is the FLOP proxy."""
@@ -303,7 +304,8 @@ class DiffusionDecoder:
         tokens, answer_start, b = state.x, state.prompt_len, state.x.shape[0]
         if self.cfg_scale:  # guidance: the unconditional copy (prompt masked) runs as the second half of the batch
             tokens, answer_start = torch.cat([tokens, self._unconditional(state)]), answer_start.repeat(2)
-            rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1), 2 * rows.n_valid, rows.last_pos)
+            rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1),
+                        None if rows.n_valid is None else 2 * rows.n_valid, rows.last_pos)
             reusable, masked_block = reusable.repeat(2, 1), masked_block.repeat(2, 1)
         h = self.model.embed_rows(tokens.gather(1, rows.pos), rows.pos, answer_start)  # [B, L, C] ([2B, ...] guided)
         call.stats.forward_passes += 1
@@ -422,8 +424,8 @@ class DiffusionDecoder:
 
     def _apply(self, state: DecodeState, block_pos: Tensor, chosen: Tensor, tokens: Tensor, stats: DecodeStats,
                stop_at_eos: bool, stuck: Tensor, computed: Tensor) -> bool:
-        """Write committed tokens, advance blocks, step counters and the done flags, then check the step;
-        returns True when every sequence is done.
+        """Commit the chosen tokens (`DecodeState.commit`: blocks, step counters, done flags), then check
+        the step and count it; returns True when every sequence is done.
 
         stuck [B]: from `_decide`; computed [n_layers]: row counts from `_run_layers`. The step's one
         host sync reads them with the commit counts and the done flag (a failed check raises after the
@@ -477,7 +479,7 @@ class DiffusionDecoder:
 
     def _check_request(self, ids: list[list[int]], gen_length: int, steps: int | None) -> None:
         problems = request_problems(self.cfg, gen_length, steps, block_size=self.block_size,
-                                         unmasking=self.unmasking, prompts=ids)
+                                    unmasking=self.unmasking, prompts=ids)
         if problems:
             raise problems[0]
 
