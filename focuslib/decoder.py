@@ -35,7 +35,7 @@ from focuslib.eviction import EvictionStack, StackState
 from focuslib.families import get_family
 from focuslib.layer import DenseRunner, packed_rope
 from focuslib.model import Transformer
-from focuslib.requests import encode_prompts, request_problems
+from focuslib.requests import encode_prompts, n_blocks, request_problems
 from focuslib.rows import Rows
 from focuslib.schedule import DecodeState
 from focuslib.trace import TraceRecorder
@@ -483,11 +483,8 @@ class DiffusionDecoder:
         if problems:
             raise problems[0]
 
-    def _n_blocks(self, gen_length: int) -> int:
-        return -(-gen_length // (self.block_size or gen_length))
-
     def _steps_per_block(self, gen_length: int, steps: int | None) -> int | None:
-        return None if steps is None else steps // self._n_blocks(gen_length)
+        return None if steps is None else steps // n_blocks(gen_length, self.block_size)
 
     def _new_cache(self, state: DecodeState) -> KVCache:
         cfg = self.cfg

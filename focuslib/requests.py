@@ -42,6 +42,11 @@ def encode_prompts(prompts: Any, tokenizer: Any = None, *, allow_unk: bool = Fal
     return out
 
 
+def n_blocks(gen_length: int, block_size: int | None) -> int:
+    """Blocks a generation of gen_length tokens takes (block_size None: one)."""
+    return -(-gen_length // (block_size or gen_length))
+
+
 def request_problems(cfg: Any, gen_length: Any, steps: Any, *, block_size: int | None, unmasking: Any,
                      prompts: list[list[int]] | None = None) -> list[Exception]:
     """Every rule a `generate` request must satisfy, as the exceptions it would raise (first = raised).
@@ -76,9 +81,9 @@ def request_problems(cfg: Any, gen_length: Any, steps: Any, *, block_size: int |
                               "EOS id, and this model's config has none (eos_token_id)"))
     if getattr(unmasking, "needs_schedule", False) and steps is None:
         out.append(ValueError(f"{type(unmasking).__name__} follows a fixed schedule: pass steps="))
-    n_blocks = -(-gen_length // (block_size or gen_length))
-    if steps is not None and steps < n_blocks:
-        out.append(ValueError(f"steps={steps} is fewer than the {n_blocks} blocks to decode"))
+    blocks = n_blocks(gen_length, block_size)
+    if steps is not None and steps < blocks:
+        out.append(ValueError(f"steps={steps} is fewer than the {blocks} blocks to decode"))
     return out
 
 
@@ -132,4 +137,4 @@ def _unknown_characters(i: int, prompt: str, ids: list[int], tokenizer: Any, unk
             "silently wrong. Rewrite the prompt, or pass DiffusionDecoder(..., allow_unk=True) to decode it anyway")
 
 
-__all__ = ["encode_prompts", "request_problems"]
+__all__ = ["encode_prompts", "n_blocks", "request_problems"]
