@@ -149,7 +149,7 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok = load_model(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
-    if cfg.get("compile", False):  # every stack then runs the same compiled layers; repeats >= 2 hides the compile
+    if cfg.compile:  # every stack then runs the same compiled layers; repeats >= 2 hides the compile
         model.compile_layers()
     task = load_task(cfg.task.name, cfg.n_examples, seed=cfg.task.seed, **cfg.task.options)
     unmasking = instantiate(cfg.unmasking)
