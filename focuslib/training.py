@@ -351,6 +351,9 @@ class TrainConfig:
     run_name: str = "run"  # Hydra puts the run in outputs/train/<run_name>
     run_dir: str = "outputs/train/run"  # checkpoints, logs, snapshots (Hydra sets its output dir)
     resume: bool = False  # continue from run_dir/last.pt, else from resume_snapshot (model, optimizer, clock, RNG)
+    # Start from another run's weights (its last.pt or resume snapshot): a fresh optimizer, clock and lr
+    # schedule. The source may be shallower: its layers come first, the rest start as identities (`grow_into`).
+    init_from: str | None = None
     ckpt_every_min: float = 5.0  # resumable checkpoint run_dir/last.pt
     # A compact resumable snapshot (fp32 weights, bf16 second moments, no first moments: about 6 bytes
     # per parameter) written with every checkpoint, at one path that is overwritten, small enough to
@@ -403,9 +406,14 @@ class Trainer:
         self.sorted_lengths = [len(self.train_pairs[i][1]) for i in self.by_length]
         self.seq_len = max(len(p) for p, _ in self.train_pairs + self.val_pairs) + cfg.gen_length
         self.loss_fn = torch.compile(batch_loss) if cfg.compile else batch_loss
-        if cfg.resume:
-            last = self.run_dir / "last.pt"
-            self._load(last if last.is_file() or not cfg.resume_snapshot else Path(cfg.resume_snapshot))
+        last = self.run_dir / "last.pt"
+        resume_from = last if last.is_file() or not cfg.resume_snapshot else Path(cfg.resume_snapshot)
+        if cfg.resume and (resume_from.is_file() or not cfg.init_from):  # resume=true init_from=X: X only at first
+            self._load(resume_from)
+        elif cfg.init_from:
+            source = torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"]
+            grow_into(self.model, source)
+            self._log({"event": "init_from", "path": cfg.init_from})
 
     def _data(self) -> tuple[list, list, Any]:
         from focuslib.tasks import load_task
@@ -600,6 +608,33 @@ def _expand(opt: dict[str, Any]) -> dict[str, Any]:
     return {"state": state, "param_groups": opt["param_groups"]}
 
 
+def grow_into(model: Transformer, source: dict[str, torch.Tensor]) -> Transformer:
+    """Load a state dict of the same width and at most the same depth into `model`, in place.
+
+    The source's layers become layers 0..k-1; each later layer keeps its random init except
+    its two output projections (attention `wo`, MLP `w_down`), which are zeroed, so the layer
+    adds nothing to the residual stream and the grown model computes exactly what the source
+    did (function-preserving depth growth, as in Net2Net). Why: a circuit learned cheaply in
+    a shallow model (the walk lookup) carries over to a model deep enough for eviction to save.
+    """
+    own = model.state_dict()
+    depth = 1 + max((int(k.split(".")[1]) for k in source if k.startswith("layers.")), default=-1)
+    if depth > model.cfg.n_layers:
+        raise ValueError(f"source has {depth} layers, more than the model's {model.cfg.n_layers}")
+    missing = [k for k in own if not k.startswith("layers.") or int(k.split(".")[1]) < depth]
+    for k in missing:
+        if k not in source or source[k].shape != own[k].shape:
+            got = "missing" if k not in source else tuple(source[k].shape)
+            raise ValueError(f"source weight {k}: {got}, the model needs {tuple(own[k].shape)}")
+    with torch.no_grad():
+        for k in missing:
+            own[k].copy_(source[k])
+        for layer in model.layers[depth:]:
+            layer.attn.wo.weight.zero_()
+            layer.mlp.w_down.weight.zero_()
+    return model
+
+
 def _adamw(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not norms, not embeddings of ids/offsets)."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -635,6 +670,6 @@ def train(cfg: TrainConfig) -> Transformer:
 __all__ = [
     "Batch", "EOS_ID", "MASK_ID", "ModelSpec", "PAD_ID", "SPECIAL_TOKENS", "TrainConfig", "Trainer",
     "attend_math", "batch_loss", "block_diffusion_mask", "build_tokenizer", "diffusion_logits", "diffusion_loss",
-    "encode_pairs", "forward_with_mask", "full_attention_mask", "make_batch", "mask_answer", "one_shot_accuracy",
+    "encode_pairs", "forward_with_mask", "full_attention_mask", "grow_into", "make_batch", "mask_answer", "one_shot_accuracy",
     "sample_t", "train",
 ]

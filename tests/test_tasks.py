@@ -52,7 +52,7 @@ def long_oracle(body: str) -> str | None:
         return "".join(str((start + k * step) % 100).zfill(2) for k in range(n))
     if m := re.fullmatch(r"rep ([a-z0-9]+) (\d\d)", body):
         return "".join(islice(cycle(m.group(1)), int(m.group(2))))
-    if m := re.fullmatch(r"walk ((?:[a-p]{2} ){2,16})([a-p]) (\d\d)", body):
+    if m := re.fullmatch(r"walk ((?:[a-z0-9]{2} ){2,36})([a-z0-9]) (\d\d)", body):
         succ = dict(m.group(1).split())  # "ab" -> a: b
         out, x = [], m.group(2)
         for _ in range(int(m.group(3))):
@@ -179,6 +179,23 @@ def test_walk_on_fewer_letters_is_a_permutation_of_a_random_subset() -> None:
     assert len(letters_seen) > 8  # a random subset of a-p per problem, not always the same four
 
 
+def test_walk_without_wrap_never_repeats_a_letter_over_a_larger_alphabet() -> None:
+    """wrap=False: every answer letter is new (no period to copy), over the first `alphabet` symbols of a-z0-9."""
+    task = load_task("walk", 300, seed="test", alphabet=36, wrap=False, min_letters=4, max_letters=36,
+                     min_len=2, max_len=36, min_cycle=2, max_cycle=36)
+    symbols = set()
+    for ex in task:
+        pairs = ex["prompt"].split()[1:-2]
+        assert sorted(p[0] for p in pairs) == sorted(p[1] for p in pairs)  # still a permutation
+        assert ex["answer"] == oracle(ex["prompt"]) and len(set(ex["answer"])) == len(ex["answer"])
+        assert len(ex["answer"]) <= len(pairs) and int(ex["prompt"][-3:-1]) == len(ex["answer"])
+        symbols |= set(ex["answer"])
+    assert symbols == set("abcdefghijklmnopqrstuvwxyz0123456789")
+    assert max(len(a) for a in task.answers) > 30
+    wrapped = load_task("walk", 50, seed="test", min_cycle=2, max_cycle=4)  # the default wraps
+    assert all(len(set(a)) <= 4 for a in wrapped.answers)
+
+
 def test_walk_knobs_are_checked() -> None:
     with pytest.raises(ValueError, match="max_cycle"):
         load_task("walk", 2, min_cycle=4, max_cycle=17)
@@ -186,6 +203,10 @@ def test_walk_knobs_are_checked() -> None:
         load_task("walk", 2, min_letters=4, max_letters=17)
     with pytest.raises(ValueError, match="at least 2 letters"):
         load_task("walk", 2, min_letters=1, max_letters=4)
+    with pytest.raises(ValueError, match="alphabet"):
+        load_task("walk", 2, alphabet=37)
+    with pytest.raises(ValueError, match="max_letters"):
+        load_task("walk", 2, alphabet=20, min_letters=4, max_letters=21)
 
 
 def test_prefix_match() -> None:

@@ -236,6 +236,35 @@ def test_compact_resume_snapshot_continues_on_a_fresh_machine(tmp_path):
     assert torch.load(snapshot, weights_only=False)["state"]["step"] == 5
 
 
+def test_init_from_a_shallower_run_grows_it_without_changing_its_function(tmp_path):
+    """init_from: the source's layers first, the added layers start as identities -- same logits -- then train."""
+    from dataclasses import replace
+
+    from focuslib.training import grow_into
+
+    Trainer(_tiny_cfg(tmp_path / "src", "sdar", max_steps=2, export_dir=None)).run()
+    source = tmp_path / "src" / "run" / "last.pt"
+    deep = replace(ModelSpec(family="sdar", **TINY), n_layers=4)
+    trainer = Trainer(_tiny_cfg(tmp_path, "sdar", model=deep, export_dir=None, resume=True, init_from=str(source)))
+    assert trainer.state.step == 0  # fresh optimizer and clock, not a resume of the source
+    shallow = Trainer(_tiny_cfg(tmp_path / "src", "sdar", export_dir=None, resume=True)).model
+    ids, start = torch.randint(4, 20, (3, 10)), torch.tensor([3, 4, 5])
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model(ids, answer_start=start), shallow(ids, answer_start=start))
+        assert trainer.model.layers[3].attn.wq.weight.abs().sum() > 0  # random, only the outputs are zeroed
+    trainer.run()
+    with torch.no_grad():
+        assert trainer.model.layers[3].attn.wo.weight.abs().sum() > 0  # the added layers learn
+    resumed = Trainer(_tiny_cfg(tmp_path, "sdar", model=deep, export_dir=None, resume=True, init_from=str(source),
+                                max_steps=6))
+    assert resumed.state.step == 5  # later sessions resume the grown run, not the source
+    with pytest.raises(ValueError, match="more than the model's"):
+        grow_into(shallow, trainer.model.state_dict())
+    wide = Transformer(replace(deep, dim=64, head_dim=16).build(shallow.cfg.vocab_size))
+    with pytest.raises(ValueError, match="embed.weight"):
+        grow_into(wide, shallow.state_dict())
+
+
 def test_hydra_presets_compose():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

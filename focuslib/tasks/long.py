@@ -115,38 +115,52 @@ def running_sum_stream(seed: int, *, min_len: int = 40, max_len: int = 48, width
         yield {"prompt": prompt, "answer": "".join(map(str, sums)), "task": "running_sum"}
 
 
-WALK_ALPHABET: str = string.ascii_lowercase[:16]
+WALK_ALPHABET: str = PATTERN_ALPHABET[:16]  # a-p, the default; `alphabet=` takes up to all of a-z0-9
 
 
 def walk_stream(seed: int, *, min_len: int = 40, max_len: int = 60, min_cycle: int = 8, max_cycle: int = 16,
-                min_letters: int = 16, max_letters: int = 16) -> Iterator[Row]:
-    """Pointer chasing through a permutation of a-p: "walk ab ba cc ... a 05=" -> "babab".
+                min_letters: int = 16, max_letters: int = 16, alphabet: int = 16, wrap: bool = True) -> Iterator[Row]:
+    """Pointer chasing through a permutation: "walk ab ba cc ... a 05=" -> "babab".
 
     The permutation is a cycle of `min_cycle`-`max_cycle` letters through the start
-    letter plus a random permutation of the remaining letters (distractor pairs).
-    `min_letters`/`max_letters` < 16 draw a random subset of a-p per problem (fewer
-    pairs, cycles clipped to its size): an easier lookup for training to start on.
+    letter plus a random permutation of the remaining letters (distractor pairs), over
+    the first `alphabet` symbols of a-z0-9 (default a-p). `min_letters`/`max_letters`
+    below `alphabet` draw a random subset per problem (fewer pairs, cycles clipped to
+    its size): an easier lookup for training to start on.
+
+    `wrap=False` keeps the walk from coming back to a letter: its length is drawn first
+    (clipped to the letters drawn) and the cycle is at least that long, so every answer
+    letter is new and none can be copied from a period earlier -- the one-token-per-step
+    regime all the way through the answer.
     """
     _check_length("len", min_len, max_len)
-    _check_length("cycle", min_cycle, max_cycle, maximum=len(WALK_ALPHABET))
-    _check_length("letters", min_letters, max_letters, maximum=len(WALK_ALPHABET))
+    if not 2 <= alphabet <= len(PATTERN_ALPHABET):
+        raise ValueError(f"alphabet must be in 2..{len(PATTERN_ALPHABET)} (symbols of a-z0-9), got {alphabet}")
+    _check_length("cycle", min_cycle, max_cycle, maximum=alphabet)
+    _check_length("letters", min_letters, max_letters, maximum=alphabet)
     if min_letters < 2:
         raise ValueError(f"a walk needs at least 2 letters, got min_letters={min_letters}")
+    symbols = PATTERN_ALPHABET[:alphabet]
     rng = random.Random(seed)
     while True:
-        letters = list(WALK_ALPHABET)
+        letters = list(symbols)
         rng.shuffle(letters)
         if min_letters < max_letters:  # the default (all 16) draws nothing, so its problems stay the same
             letters = letters[:rng.randint(min_letters, max_letters)]
         else:
             letters = letters[:max_letters]
-        length = rng.randint(min(min_cycle, len(letters)), min(max_cycle, len(letters)))
+        if wrap:
+            length = rng.randint(min(min_cycle, len(letters)), min(max_cycle, len(letters)))
+        else:
+            n = rng.randint(min(min_len, len(letters)), min(max_len, len(letters)))
+            length = rng.randint(max(n, min(min_cycle, len(letters))), max(n, min(max_cycle, len(letters))))
         cycle, rest = letters[:length], letters[length:]
         succ = {a: b for a, b in zip(cycle, cycle[1:] + cycle[:1])}
         succ.update(zip(rest, rng.sample(rest, len(rest))))
-        pairs = [a + succ[a] for a in WALK_ALPHABET if a in succ]
+        pairs = [a + succ[a] for a in symbols if a in succ]
         rng.shuffle(pairs)
-        n = rng.randint(min_len, max_len)
+        if wrap:
+            n = rng.randint(min_len, max_len)
         walk, x = [], cycle[0]
         for _ in range(n):
             x = succ[x]
