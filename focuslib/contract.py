@@ -147,8 +147,15 @@ class KVSlot:
         self.k, self.v = k, v
         self.trash = k.shape[1] - 1
 
-    def write(self, pos: Tensor, valid: Tensor, k: Tensor, v: Tensor) -> None:
-        """Store k, v [B, L, G, D] of rows at positions pos [B, L]; invalid rows go to the trash column."""
+    def write(self, pos: Tensor, valid: Tensor, k: Tensor, v: Tensor, span: tuple[int, int] | None = None) -> None:
+        """Store k, v [B, L, G, D] of rows at positions pos [B, L]; invalid rows go to the trash column.
+
+        span: (lo, hi) when the rows are exactly positions lo..hi-1 of every sequence (`Rows.span`): a slice copy.
+        """
+        if span is not None:
+            self.k[:, span[0]:span[1]] = k
+            self.v[:, span[0]:span[1]] = v
+            return
         idx = torch.where(valid, pos, self.trash)[:, :, None, None].expand_as(k)
         self.k.scatter_(1, idx, k.to(self.k.dtype))
         self.v.scatter_(1, idx, v.to(self.v.dtype))

@@ -305,14 +305,14 @@ class DiffusionDecoder:
         if self.cfg_scale:  # guidance: the unconditional copy (prompt masked) runs as the second half of the batch
             tokens, answer_start = torch.cat([tokens, self._unconditional(state)]), answer_start.repeat(2)
             rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1),
-                        None if rows.n_valid is None else 2 * rows.n_valid, rows.last_pos)
+                        None if rows.n_valid is None else 2 * rows.n_valid, rows.last_pos, rows.span)
             reusable, masked_block = reusable.repeat(2, 1), masked_block.repeat(2, 1)
-        h = self.model.embed_rows(tokens.gather(1, rows.pos), rows.pos, answer_start)  # [B, L, C] ([2B, ...] guided)
+        h = self.model.embed_rows(rows.take(tokens), rows.pos, answer_start)  # [B, L, C] ([2B, ...] guided)
         call.stats.forward_passes += 1
         runner = call.policies.runner if evict else DenseRunner()
         keys = _Keys(reusable=reusable, at_start=reusable | rows.as_mask(t), stale=self.eviction.evicted_keys == "stale")
         mask = self._attention_mask(rows, keys.at_start)  # [B, L, T+1], rebuilt only when rows change
-        masked_rows = masked_block.gather(1, rows.pos) & rows.valid
+        masked_rows = rows.take(masked_block) & rows.valid
         rope = packed_rope(self.cfg, rows.pos, rows.packer)  # rebuilt only when rows change
         views: dict[int, LayerView] = {}
         computed: list[Tensor] = []  # per layer, 0-dim count of rows that really ran
@@ -342,7 +342,7 @@ class DiffusionDecoder:
             if keep is not None:
                 rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
         if self.cfg_scale:  # both halves computed the same rows; h keeps both halves for _block_logits
-            rows = Rows(rows.pos[:b], rows.valid[:b])
+            rows = Rows(rows.pos[:b], rows.valid[:b], span=rows.span)
         return h, rows, views, torch.stack(computed)
 
     def _unconditional(self, state: DecodeState) -> Tensor:

@@ -53,7 +53,7 @@ class DenseRunner(LayerRunner):
 
     def project(self, x: LayerCall) -> Projection:
         q, k, v = project_rows(x.layer, x.h, x.rope, x.rows.packer)
-        x.kv.write(x.rows.pos, x.rows.valid, k, v)
+        x.kv.write(x.rows.pos, x.rows.valid, k, v, x.rows.span)
         return Projection(q=q, k=k)
 
     def complete(self, x: LayerCall, proj: Projection) -> LayerOutput:

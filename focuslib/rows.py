@@ -27,10 +27,12 @@ class RowPacker:
     def __init__(self, valid: Tensor, n_valid: int | None = None) -> None:
         """valid [B, L] bool, True = real row; n_valid: its count when already read (else one host sync)."""
         self.shape = valid.shape
-        flat = valid.flatten()
-        found = flat.nonzero() if n_valid is None else torch.nonzero_static(flat, size=n_valid)
-        self.index = found.squeeze(1)  # [N] flat row index
-        self.identity = self.index.numel() == valid.numel()
+        self.identity = n_valid == valid.numel()
+        if not self.identity:
+            flat = valid.flatten()
+            found = flat.nonzero() if n_valid is None else torch.nonzero_static(flat, size=n_valid)
+            self.index = found.squeeze(1)  # [N] flat row index
+            self.identity = self.index.numel() == valid.numel()
 
     def pack(self, t: Tensor) -> Tensor:
         """[B, L, ...] -> [1, N, ...]"""
@@ -52,12 +54,26 @@ class Rows:
     valid: Tensor
     n_valid: int | None = None  # valid.sum() when known on the host (the packer then needs no sync of its own)
     last_pos: int | None = None  # the largest valid position when known on the host (-1: no valid row)
+    # (lo, hi) when every sequence's rows are exactly positions lo..hi-1, all valid (known on the host):
+    # the common dense step, whose gathers and scatters become slices
+    span: tuple[int, int] | None = None
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> "Rows":
         """Rows for the True entries of mask [B, T], in increasing position order (one host sync)."""
-        index, valid, n, last = _compact(mask, torch.arange(mask.shape[1], device=mask.device).expand_as(mask))
-        return cls(torch.where(valid, index, 0), valid, n, last)
+        b, t = mask.shape
+        if not mask.numel():
+            return cls(*compact_rows(mask, 0), 0, -1)
+        counts = mask.sum(1)
+        at = torch.arange(t, device=mask.device)
+        stats = torch.stack([counts.max(), counts.sum(), torch.where(mask, at, -1).max(), counts.min(),
+                             torch.where(mask, at, t).min()])
+        width, total, last, fewest, first = stats.tolist()  # the one host sync
+        if fewest == width == last - first + 1:  # each sequence holds width positions in a range of width
+            pos = torch.arange(first, last + 1, device=mask.device).expand(b, width)
+            return cls(pos, torch.ones(b, width, dtype=torch.bool, device=mask.device), total, last, (first, last + 1))
+        index, valid = compact_rows(mask, width)
+        return cls(torch.where(valid, index, 0), valid, total, last)
 
     @cached_property
     def packer(self) -> RowPacker:
@@ -83,6 +99,10 @@ class Rows:
 
     def as_mask(self, positions: int) -> Tensor:
         """[B, T] bool, True = position is one of the valid rows."""
+        if self.span is not None:
+            out = torch.zeros(self.pos.shape[0], positions, dtype=torch.bool, device=self.pos.device)
+            out[:, self.span[0]:self.span[1]] = True
+            return out
         return self.by_position(self.valid, positions, False)[:, :positions]
 
     def lookup(self, positions: int) -> Tensor:
@@ -92,7 +112,16 @@ class Rows:
 
     def rows_at(self, at: Tensor, positions: int) -> Tensor:
         """[B, S] row index of the positions `at` [B, S] (each < T), -1 where the position is not a valid row."""
+        if self.span is not None:
+            lo, hi = self.span
+            return torch.where((at >= lo) & (at < hi), at - lo, -1)
         return self.lookup(positions).gather(1, at)
+
+    def take(self, values: Tensor) -> Tensor:
+        """values [B, T] at the rows' positions: [B, L] (a slice when the rows are a span)."""
+        if self.span is not None:
+            return values[:, self.span[0]:self.span[1]]
+        return values.gather(1, self.pos)
 
 
 def _compact(keep: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, int, int]:
