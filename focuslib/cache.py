@@ -68,6 +68,8 @@ class BlockView:
 class CacheMode:
     """Base: decides rows to compute and K/V that may be reused; `update` sees what was computed."""
 
+    reuses_kv: bool = True  # False: no step ever reads K/V of an earlier step (nothing needs storing)
+
     def __init__(self, batch: int, positions: int, device: torch.device | str) -> None:
         self.final = torch.zeros(batch, positions, dtype=torch.bool, device=device)  # True = cached K/V is final
 
@@ -84,9 +86,13 @@ class CacheMode:
 class NoCache(CacheMode):
     """Recompute everything that can matter: the exact reference."""
 
+    reuses_kv = False
+
 
 class BlockCausalNoCache(CacheMode):
     """Block families without reuse: recompute every position up to the current block's end."""
+
+    reuses_kv = False
 
     def rows(self, v: BlockView) -> Tensor:
         return v.in_sequence & v.before_block_end

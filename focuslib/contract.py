@@ -135,7 +135,7 @@ class LayerCall:
     h: Tensor  # [B, L, C] hidden rows entering the layer
     rows: Rows
     mask: Tensor  # [B, L, K] bool, True = row may attend the key position; K <= T+1 keys the rows can reach
-    kv: "KVSlot"
+    kv: "KVSlot | None"  # None: nothing is stored, the rows are every key they may reach (`direct_kv`)
     step: StepView
     rope: tuple[Tensor, Tensor]  # cos, sin of the valid rows, packed as rows.packer packs them
 

@@ -319,9 +319,12 @@ class DiffusionDecoder:
         counted: tuple[Tensor | None, Tensor | None] = (None, None)  # (computed mask, its count): rows often repeat
         hooks = evict and bool(self.eviction)
         traced = call.recorder.layers if call.recorder is not None else ()
+        # no cache, no eviction, and the rows are positions 0..K-1, every key they may reach: attention reads
+        # the rows' own K/V and nothing is stored (LLaDA's and Fast-dLLM's uncached loops do the same)
+        direct_kv = not hooks and not call.mode.reuses_kv and rows.span == (0, mask.shape[-1])
         for i, layer in enumerate(self.model.layers):
-            x = LayerCall(index=i, layer=layer, h=h, rows=rows, mask=mask, kv=call.cache.layer(i), step=step,
-                          rope=rope)
+            x = LayerCall(index=i, layer=layer, h=h, rows=rows, mask=mask, step=step, rope=rope,
+                          kv=None if direct_kv else call.cache.layer(i))
             proj = runner.project(x)
             if hooks or i in traced:
                 lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step)

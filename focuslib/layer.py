@@ -53,11 +53,14 @@ class DenseRunner(LayerRunner):
 
     def project(self, x: LayerCall) -> Projection:
         q, k, v = project_rows(x.layer, x.h, x.rope, x.rows.packer)
+        if x.kv is None:  # the rows are every key they attend and nothing reuses K/V: keep v for `complete`
+            return Projection(q=q, k=k, extra=v)
         x.kv.write(x.rows.pos, x.rows.valid, k, v, x.rows.span)
         return Projection(q=q, k=k)
 
     def complete(self, x: LayerCall, proj: Projection) -> LayerOutput:
-        h = finish_rows(x.layer, x.h, attend_rows(proj.q, x.kv, x.mask), x.rows.packer)
+        ctx = attend(proj.q, proj.k, proj.extra, x.mask) if x.kv is None else attend_rows(proj.q, x.kv, x.mask)
+        h = finish_rows(x.layer, x.h, ctx, x.rows.packer)
         return LayerOutput(h=h, computed=x.rows.valid)
 
 

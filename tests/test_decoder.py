@@ -597,3 +597,26 @@ def test_compiled_layers_decode_the_same_tokens():
     model.compile_layers()
     assert all(hasattr(layer.qkv, "_torchdynamo_orig_callable") for layer in model.layers)
     assert torch.equal(decoder.generate(prompts, gen_length=16, stop_at_eos=False).tokens, eager)
+
+
+@pytest.mark.parametrize("family", ["llada", "sdar"])
+def test_uncached_dense_steps_attend_their_own_kv_and_store_nothing(family, monkeypatch):
+    """cache="none", no eviction: the rows are every key they reach, so no K/V is written -- same tokens as the
+    stored path (forced here by a do-nothing eviction policy, which makes the decoder keep K/V)."""
+    from focuslib.contract import EvictionPolicy, KVSlot
+
+    class KeepAll(EvictionPolicy):
+        pass
+
+    model = sharpen(tiny_model(family))
+    prompts = [[3, 4, 5, 6], [7, 8, 9, 10]]
+    writes = []
+    original = KVSlot.write
+    monkeypatch.setattr(KVSlot, "write", lambda self, *a, **k: (writes.append(1), original(self, *a, **k))[1])
+    direct = DiffusionDecoder(model, LowConfidence(), block_size=4, cache="none").generate(
+        prompts, gen_length=8, steps=8, stop_at_eos=False)
+    assert not writes
+    stored = DiffusionDecoder(model, LowConfidence(), KeepAll(), block_size=4, cache="none").generate(
+        prompts, gen_length=8, steps=8, stop_at_eos=False)
+    assert writes and torch.equal(direct.tokens, stored.tokens)
+    assert direct.stats.row_layers == stored.stats.row_layers
