@@ -127,11 +127,13 @@ def test_answers_correct_and_scored(name: str) -> None:
         assert task.score("", ex) == 0.0
 
 
-@pytest.mark.parametrize("name", ["tribonacci", "count_by", "repeat", "walk", "running_sum"])
-def test_long_tasks_fill_most_of_a_64_token_window(name: str) -> None:
+@pytest.mark.parametrize("name, lo, hi", [("tribonacci", 40, 60), ("count_by", 40, 60), ("repeat", 40, 60),
+                                          ("walk", 24, 36), ("running_sum", 40, 48)])
+def test_long_tasks_fill_most_of_a_64_token_window(name: str, lo: int, hi: int) -> None:
+    """40-60 tokens; a walk that never repeats a letter has at most 36 (the symbols a-z0-9)."""
     task = load_task(name, 200, seed="test")
     lengths = [len(a) for a in task.answers]
-    assert 40 <= min(lengths) and max(lengths) <= 60
+    assert min(lengths) == lo and max(lengths) == hi
     assert len({len(p) for p in task.prompts}) == 1  # fixed-width prompts: position says where inputs are
     short = load_task(name, 50, seed="test", **({"min_fields": 2, "max_fields": 4} if name == "count_by"
                                                  else {"min_len": 4, "max_len": 8}))
@@ -157,7 +159,8 @@ def test_long_mix_is_half_walk() -> None:
 
 
 def test_walk_is_a_permutation_with_a_long_cycle_through_the_start() -> None:
-    for ex in load_task("walk", 200, seed="test", min_cycle=10, max_cycle=12):
+    for ex in load_task("walk", 200, seed="test", alphabet=16, wrap=True, min_letters=16, max_letters=16,
+                        min_len=40, max_len=60, min_cycle=10, max_cycle=12):
         pairs = ex["prompt"].split()[1:17]
         assert sorted(p[0] for p in pairs) == sorted(p[1] for p in pairs) == list("abcdefghijklmnop")
         start, answer = ex["prompt"].split()[17], ex["answer"]
@@ -168,15 +171,16 @@ def test_walk_is_a_permutation_with_a_long_cycle_through_the_start() -> None:
 
 def test_walk_on_fewer_letters_is_a_permutation_of_a_random_subset() -> None:
     sizes = Counter()
-    for ex in load_task("walk", 300, seed="test", min_letters=4, max_letters=6):
+    for ex in load_task("walk", 300, seed="test", alphabet=16, wrap=True, min_letters=4, max_letters=6):
         pairs = ex["prompt"].split()[1:-2]
         firsts, seconds = sorted(p[0] for p in pairs), sorted(p[1] for p in pairs)
         assert firsts == seconds and len(set(firsts)) == len(firsts)
         sizes[len(pairs)] += 1
         assert ex["answer"] == oracle(ex["prompt"]) and set(ex["answer"]) <= set(firsts)
     assert sizes.keys() == {4, 5, 6}
-    letters_seen = {c for ex in load_task("walk", 100, seed="test", min_letters=4, max_letters=4) for c in ex["answer"]}
-    assert len(letters_seen) > 8  # a random subset of a-p per problem, not always the same four
+    letters_seen = {c for ex in load_task("walk", 100, seed="test", alphabet=16, min_letters=4, max_letters=4)
+                    for c in ex["answer"]}
+    assert len(letters_seen) > 8 and letters_seen <= set("abcdefghijklmnop")  # a random subset per problem
 
 
 def test_walk_without_wrap_never_repeats_a_letter_over_a_larger_alphabet() -> None:
@@ -192,15 +196,27 @@ def test_walk_without_wrap_never_repeats_a_letter_over_a_larger_alphabet() -> No
         symbols |= set(ex["answer"])
     assert symbols == set("abcdefghijklmnopqrstuvwxyz0123456789")
     assert max(len(a) for a in task.answers) > 30
-    wrapped = load_task("walk", 50, seed="test", min_cycle=2, max_cycle=4)  # the default wraps
-    assert all(len(set(a)) <= 4 for a in wrapped.answers)
+    wrapped = load_task("walk", 50, seed="test", wrap=True, min_len=40, max_len=60, min_cycle=2, max_cycle=4)
+    assert all(len(set(a)) <= 4 for a in wrapped.answers)  # wrap=True comes back after its cycle
+
+
+def test_the_default_walk_is_the_regime_task() -> None:
+    """All 36 symbols listed (fixed width), 24-36 letters, none twice: every letter needs the one before it."""
+    task = load_task("walk", 100, seed="test")
+    assert len({len(p) for p in task.prompts}) == 1
+    for ex in task:
+        pairs = ex["prompt"].split()[1:-2]
+        assert len(pairs) == 36 and ex["answer"] == oracle(ex["prompt"])
+        assert len(set(ex["answer"])) == len(ex["answer"])
 
 
 def test_walk_knobs_are_checked() -> None:
     with pytest.raises(ValueError, match="max_cycle"):
-        load_task("walk", 2, min_cycle=4, max_cycle=17)
+        load_task("walk", 2, min_cycle=4, max_cycle=37)
     with pytest.raises(ValueError, match="max_letters"):
-        load_task("walk", 2, min_letters=4, max_letters=17)
+        load_task("walk", 2, min_letters=4, max_letters=37)
+    small = load_task("walk", 5, seed="test", alphabet=16, min_len=4, max_len=16)  # the maxima follow the alphabet
+    assert all(len(p.split()) == 16 + 3 for p in small.prompts) and set("".join(small.answers)) <= set("abcdefghijklmnop")
     with pytest.raises(ValueError, match="at least 2 letters"):
         load_task("walk", 2, min_letters=1, max_letters=4)
     with pytest.raises(ValueError, match="alphabet"):

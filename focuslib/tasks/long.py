@@ -1,4 +1,4 @@
-"""Long-answer procedural tasks: the regime FOCUS targets (answers of 40-60 tokens, 32-token blocks).
+"""Long-answer procedural tasks: the regime FOCUS targets (answers of 24-60 tokens, 32-token blocks).
 
 Every answer fills most of a 64-token generation window, and every prompt has a
 fixed width, so the position of an answer token alone says where its inputs are:
@@ -10,9 +10,9 @@ the range from strictly sequential to parallel decoding:
 | tribonacci   | "trib 371 48="  | 48 digits, d_i = d_{i-1}+d_{i-2}+d_{i-3} mod 10 (seeds 3,7,1) | the three digits before it: strictly sequential |
 | count_by     | "cnt 37+7 24="  | 24 two-digit fields 37 44 51 ... mod 100, no separators | the previous field and the step: sequential across fields, carries inside |
 | repeat       | "rep k3q9 48="  | "k3q9k3q9..." cut to 48 characters       | the pattern and its own offset: parallel |
-| walk         | "walk ab bc ca ... a 48=" | 48 letters, each the successor of the one before it in the listed pairs | the previous answer token, looked up in the prompt: strictly sequential |
+| walk         | "walk rb v6 ... x 28=" | 28 of the 36 symbols a-z0-9, each the successor of the one before it in the listed pairs, none twice | the previous answer token, looked up in the prompt: strictly sequential |
 | running_sum  | "sum 3527...(48 digits) 40=" | 40 digits, a_i = a_{i-1} + prompt digit i mod 10 | the previous answer digit and the prompt digit a fixed distance back: strictly sequential |
-| long_mix     | any of the above | ...                                    | walk 1/2, count_by 1/4, repeat 1/4       |
+| long_mix     | walk, count_by, repeat | ...                              | walk 1/2, count_by 1/4, repeat 1/4       |
 
 The two-digit number before "=" is the answer length (in fields for count_by), so
 the model knows where `<eos>` goes. Difficulty knob: the answer length range
@@ -20,15 +20,17 @@ the model knows where `<eos>` goes. Difficulty knob: the answer length range
 first (`focuslib.training.TrainConfig.curriculum_*`). Scores are exact match;
 `prefix_match` gives the correct-prefix fraction used during training.
 
-`walk` is pointer chasing: the prompt lists a permutation of the letters a-p as
-16 pairs "xy" (y follows x) in random order, then a start letter; the answer is
-the walk from it. A token is a function of the token before it, found by an
-induction-head lookup (match the previous letter in the prompt, copy its
-partner), which small transformers learn easily, and no token can be decoded
-before its predecessor: the sequential regime. The start letter lies on a cycle
-of `min_cycle`-`max_cycle` letters, so the answer repeats only after that.
-`min_letters`/`max_letters` (default 16) draw fewer pairs per problem, from a
-random subset of a-p: a shorter lookup table for training to start on.
+`walk` is pointer chasing: the prompt lists a permutation of the 36 symbols
+a-z0-9 as 36 pairs "xy" (y follows x) in random order, then a start symbol; the
+answer is the walk from it, 24-36 symbols. A token is a function of the token
+before it, found by an induction-head lookup (match the previous symbol in the
+prompt, copy its partner), and no token can be decoded before its predecessor:
+the sequential regime. The start lies on a cycle at least as long as the walk,
+so no symbol comes twice: a walk that wraps (`wrap=True`) repeats its first
+cycle, and a model decodes the repeats in parallel once one cycle is out
+(measured: 67% of a block's masked rows per step, docs/design.md).
+`alphabet`, `min_letters`/`max_letters` and `min_cycle`/`max_cycle` make it
+easier for training to start on (fewer symbols, fewer pairs, short cycles).
 tribonacci stays available as a task but is not in `long_mix`: its three-term
 digit sum mod 10 was not learned by the 8-layer model in 137 minutes.
 
@@ -118,15 +120,17 @@ def running_sum_stream(seed: int, *, min_len: int = 40, max_len: int = 48, width
 WALK_ALPHABET: str = PATTERN_ALPHABET[:16]  # a-p, the default; `alphabet=` takes up to all of a-z0-9
 
 
-def walk_stream(seed: int, *, min_len: int = 40, max_len: int = 60, min_cycle: int = 8, max_cycle: int = 16,
-                min_letters: int = 16, max_letters: int = 16, alphabet: int = 16, wrap: bool = True) -> Iterator[Row]:
+def walk_stream(seed: int, *, min_len: int = 24, max_len: int = 36, min_cycle: int = 2, max_cycle: int | None = None,
+                min_letters: int | None = None, max_letters: int | None = None, alphabet: int = 36,
+                wrap: bool = False) -> Iterator[Row]:
     """Pointer chasing through a permutation: "walk ab ba cc ... a 05=" -> "babab".
 
     The permutation is a cycle of `min_cycle`-`max_cycle` letters through the start
     letter plus a random permutation of the remaining letters (distractor pairs), over
-    the first `alphabet` symbols of a-z0-9 (default a-p). `min_letters`/`max_letters`
+    the first `alphabet` symbols of a-z0-9 (default all 36). `min_letters`/`max_letters`
     below `alphabet` draw a random subset per problem (fewer pairs, cycles clipped to
-    its size): an easier lookup for training to start on.
+    its size): an easier lookup for training to start on. `max_cycle`, `max_letters`
+    (and `min_letters`, from `max_letters`) default to the alphabet's size.
 
     `wrap=False` keeps the walk from coming back to a letter: its length is drawn first
     (clipped to the letters drawn) and the cycle is at least that long, so every answer
@@ -136,6 +140,9 @@ def walk_stream(seed: int, *, min_len: int = 40, max_len: int = 60, min_cycle: i
     _check_length("len", min_len, max_len)
     if not 2 <= alphabet <= len(PATTERN_ALPHABET):
         raise ValueError(f"alphabet must be in 2..{len(PATTERN_ALPHABET)} (symbols of a-z0-9), got {alphabet}")
+    max_cycle = alphabet if max_cycle is None else max_cycle  # None: as many as the alphabet has
+    max_letters = alphabet if max_letters is None else max_letters
+    min_letters = max_letters if min_letters is None else min_letters
     _check_length("cycle", min_cycle, max_cycle, maximum=alphabet)
     _check_length("letters", min_letters, max_letters, maximum=alphabet)
     if min_letters < 2:
