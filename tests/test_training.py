@@ -272,11 +272,20 @@ def test_hydra_presets_compose():
     import focuslib.experiments.train  # noqa: F401  (registers train_schema)
 
     conf_dir = str(Path(__file__).resolve().parents[1] / "experiments" / "train_conf")
-    for preset, family in (("tiny_llada", "llada"), ("tiny_sdar", "sdar"), ("tiny_sdar_b32", "sdar")):
+    presets = {}
+    for preset, family in (("tiny_llada", "llada"), ("tiny_sdar", "sdar"), ("tiny_sdar_b32", "sdar"),
+                           ("walk_lookup", "sdar")):
         with initialize_config_dir(config_dir=conf_dir, version_base=None):
             cfg = compose("train", overrides=[f"train={preset}", "run_dir=/tmp/x", "time_budget_min=1"])
-        obj = OmegaConf.to_object(cfg)
-        assert isinstance(obj, TrainConfig) and obj.model.family == family and obj.model.n_layers >= 8
-        assert obj.time_budget_min == 1
+        obj = presets[preset] = OmegaConf.to_object(cfg)
+        assert isinstance(obj, TrainConfig) and obj.model.family == family and obj.time_budget_min == 1
+    # the two-stage recipe: tiny_sdar_b32 starts from walk_lookup's run, a model it can grow into
+    stage1, stage2 = presets["walk_lookup"], presets["tiny_sdar_b32"]
+    assert stage2.init_from == f"outputs/train/{stage1.run_name}/last.pt" and stage2.model.n_layers == 8
+    from focuslib.training import grow_into
+
+    vocab = 48
+    source = Transformer(stage1.model.build(vocab)).state_dict()
+    grow_into(Transformer(stage2.model.build(vocab)), source)
     with initialize_config_dir(config_dir=conf_dir, version_base=None), pytest.raises(Exception):
         compose("train", overrides=["no_such_field=1"])
