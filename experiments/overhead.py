@@ -3,13 +3,15 @@
     python -m experiments.overhead                     # bundled tiny-sdar, batch 1 and 32
     python -m experiments.overhead --model tiny-sdar-b32 --task long_mix --gen-length 64
     python -m experiments.overhead --model tiny-llada --peer llada   # against LLaDA's own generate.py loop
+    python -m experiments.overhead --model tiny-llada --peer fast_dllm   # against Fast-dLLM's dual-cache loop
 
 The minimal loop is what a researcher would write for one setting only: block diffusion,
 the exact block cache, Threshold(0.9), equal-length prompts, no EOS stop. It does the same
 work as the decoder (same rows per step, same forward passes) and must give the same tokens;
 the ratio of tokens/s is the decoder's bookkeeping overhead. `--peer llada` compares
 instead with LLaDA's own `generate.py` loop (one full forward per step, no cache) against the
-decoder doing the same (LowConfidence, cache="none"). Timed side by side in one process,
+decoder doing the same (LowConfidence, cache="none"), and `--peer fast_dllm` with Fast-dLLM's
+dual-cache threshold loop (Threshold(0.9), cache="dual"). Timed side by side in one process,
 interleaved, best of `--repeats`; the tokens must agree.
 
 Shapes: B batch, T positions, L rows, G kv heads, D head dim, V vocab.
@@ -100,7 +102,48 @@ def llada_generate_loop(model: Transformer, prompts: Tensor, gen_length: int, bl
     return x
 
 
-PEERS = {"minimal": "minimal loop", "llada": "LLaDA generate.py"}
+@torch.inference_mode()
+def fast_dllm_dual_loop(model: Transformer, prompts: Tensor, gen_length: int, block_length: int,
+                        threshold: float = 0.9) -> Tensor:
+    """Fast-dLLM's `generate_with_dual_cache` with its confidence threshold, batched: returns tokens [B, T].
+
+    Per block: a step that runs every position and stores every position's K/V (the refresh,
+    which also commits), then steps that run only the block's positions against the stored K/V
+    of all others (prefix and suffix, stale until the next block), until the block is decoded.
+    Each step commits every masked block position with confidence >= threshold, at least the best.
+    The batch moves block by block together, as Fast-dLLM's loop does.
+    """
+    cfg = model.cfg
+    b, p = prompts.shape
+    t = p + gen_length
+    x = torch.cat([prompts, torch.full((b, gen_length), cfg.mask_id, dtype=torch.long)], 1)  # [B, T]
+    k_cache = torch.zeros(cfg.n_layers, b, t, cfg.n_kv_heads, cfg.head_dim)
+    v_cache = torch.zeros_like(k_cache)
+    answer_start = torch.full((b,), p)
+    for lo in range(p, t, block_length):
+        hi, refresh = lo + block_length, True
+        while (x[:, lo:hi] == cfg.mask_id).any():
+            first, last = (0, t) if refresh else (lo, hi)  # rows run at this step
+            pos = torch.arange(first, last).expand(b, -1)  # [B, L]
+            h = model.embed_rows(x[:, first:last], pos, answer_start)
+            rope = rope_tables(cfg, pos)
+            mask = torch.ones(b, last - first, t, dtype=torch.bool)  # [B, L, T]
+            for i, layer in enumerate(model.layers):
+                q, k, v = layer.qkv(h, rope)
+                k_cache[i, :, first:last], v_cache[i, :, first:last] = k, v
+                h = layer.finish(h, attend(q, k_cache[i], v_cache[i], mask))
+            logits = model.logits(h[:, lo - first:hi - first]).float()  # [B, S, V]
+            logits[..., cfg.mask_id] = float("-inf")
+            masked = x[:, lo:hi] == cfg.mask_id  # [B, S]
+            conf, tok = logits.softmax(-1).max(-1)
+            conf = torch.where(masked, conf, -1.0)
+            commit = masked & ((conf >= threshold) | (conf == conf.max(1, keepdim=True).values))
+            x[:, lo:hi] = torch.where(commit, tok, x[:, lo:hi])
+            refresh = False
+    return x
+
+
+PEERS = {"minimal": "minimal loop", "llada": "LLaDA generate.py", "fast_dllm": "Fast-dLLM dual cache"}
 
 
 def equal_work_pair(model: Transformer, prompts: Tensor, gen_length: int, peer: str, block_length: int
@@ -108,7 +151,10 @@ def equal_work_pair(model: Transformer, prompts: Tensor, gen_length: int, peer: 
     """(decoder, peer) callables returning the generated tokens [B, gen_length] of the same work.
 
     minimal: DiffusionDecoder(Threshold(0.9), cache="block") against `minimal_block_loop`;
-    llada: DiffusionDecoder(LowConfidence(), cache="none", one token per step) against `llada_generate_loop`.
+    llada: DiffusionDecoder(LowConfidence(), cache="none", one token per step) against `llada_generate_loop`;
+    fast_dllm: DiffusionDecoder(Threshold(0.9), cache="dual") against `fast_dllm_dual_loop`. Batched, the
+    decoder moves each sequence to its next block as soon as it is done, Fast-dLLM's loop waits for the
+    batch (the tokens are the same, the forward passes may differ; at batch 1 the work is identical).
     """
     from focuslib import DiffusionDecoder
     from focuslib.policies.unmasking import LowConfidence, Threshold
@@ -122,6 +168,10 @@ def equal_work_pair(model: Transformer, prompts: Tensor, gen_length: int, peer: 
         decoder = DiffusionDecoder(model, LowConfidence(), block_size=block_length, cache="none")
         return (lambda: decoder.generate(ids, gen_length=gen_length, steps=gen_length, stop_at_eos=False).tokens,
                 lambda: llada_generate_loop(model, prompts, gen_length, block_length, gen_length)[:, p:])
+    if peer == "fast_dllm":
+        decoder = DiffusionDecoder(model, Threshold(0.9), block_size=block_length, cache="dual")
+        return (lambda: decoder.generate(ids, gen_length=gen_length, stop_at_eos=False).tokens,
+                lambda: fast_dllm_dual_loop(model, prompts, gen_length, block_length)[:, p:])
     raise ValueError(f"peer must be one of {sorted(PEERS)}, got {peer!r}")
 
 
@@ -148,8 +198,9 @@ def main() -> None:
     ap.add_argument("--task", default="mix", help="prompts: the most common prompt length of this task's test split")
     ap.add_argument("--gen-length", type=int, default=16)
     ap.add_argument("--peer", choices=sorted(PEERS), default="minimal",
-                    help="minimal: hand-written block loop (block-diffusion models); llada: LLaDA's generate.py")
-    ap.add_argument("--block-length", type=int, default=8, help="LLaDA's block_length (--peer llada)")
+                    help="minimal: hand-written block loop (block-diffusion models); llada: LLaDA's generate.py; "
+                         "fast_dllm: Fast-dLLM's dual-cache threshold loop (full-attention models)")
+    ap.add_argument("--block-length", type=int, default=8, help="block_length of --peer llada / fast_dllm")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)

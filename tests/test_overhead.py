@@ -57,3 +57,21 @@ def test_measure_refuses_unequal_work():
 
     with pytest.raises(AssertionError, match="not at equal work"):
         measure(lambda: torch.zeros(1, 4), lambda: torch.ones(1, 4), n_tokens=4, repeats=1)
+
+
+def test_fast_dllm_dual_loop_gives_the_decoders_dual_cache_tokens():
+    """Fast-dLLM's batched dual-cache threshold loop decodes what the decoder decodes with cache="dual"
+    (the decoder is tied to a one-prompt hand-written Fast-dLLM loop in tests/test_decoder.py)."""
+    from test_llada_options import BLOCK, GEN, sharp_model
+
+    from focuslib.experiments.overhead import equal_work_pair, fast_dllm_dual_loop
+
+    model = sharp_model("llada")
+    same_length = torch.tensor([[2, 3, 4, 5], [6, 7, 8, 9], [16, 17, 18, 19]])
+    for threshold in (0.9, 0.3):
+        ours = DiffusionDecoder(model, Threshold(threshold), block_size=BLOCK, cache="dual").generate(
+            same_length.tolist(), gen_length=GEN, stop_at_eos=False)
+        ref = fast_dllm_dual_loop(model, same_length, GEN, BLOCK, threshold)
+        assert torch.equal(ours.tokens, ref[:, 4:]) and model.cfg.mask_id not in ref.tolist()
+    ours, peer = equal_work_pair(model, same_length[:1], GEN, "fast_dllm", BLOCK)
+    assert torch.equal(ours(), peer())
