@@ -1,44 +1,42 @@
-"""Long-answer procedural tasks: the regime FOCUS targets (answers of 24-60 tokens, 32-token blocks).
+"""Long-answer procedural tasks: the regime FOCUS targets (answers of 12-60 tokens, 32-token blocks).
 
-Every answer fills most of a 64-token generation window, and every prompt has a
-fixed width, so the position of an answer token alone says where its inputs are:
-a small character-level model can learn them as local rules. The three tasks span
-the range from strictly sequential to parallel decoding:
+Every prompt has a fixed width, so the position of an answer token alone says
+where its inputs are: a small character-level model can learn them as local
+rules. The tasks span the range from strictly sequential to parallel decoding:
 
 | task         | prompt          | answer                                  | what a token needs                        |
 |--------------|-----------------|-----------------------------------------|-------------------------------------------|
-| tribonacci   | "trib 371 48="  | 48 digits, d_i = d_{i-1}+d_{i-2}+d_{i-3} mod 10 (seeds 3,7,1) | the three digits before it: strictly sequential |
-| count_by     | "cnt 37+7 24="  | 24 two-digit fields 37 44 51 ... mod 100, no separators | the previous field and the step: sequential across fields, carries inside |
+| walk         | "walk rb v6 ... x 18=" | 18 of the 24 listed symbols of a-z0-9, each the successor of the one before it in the listed pairs, none twice | the previous answer token, looked up in the prompt: strictly sequential |
 | repeat       | "rep k3q9 48="  | "k3q9k3q9..." cut to 48 characters       | the pattern and its own offset: parallel |
-| walk         | "walk rb v6 ... x 28=" | 28 of the 36 symbols a-z0-9, each the successor of the one before it in the listed pairs, none twice | the previous answer token, looked up in the prompt: strictly sequential |
+| count_by     | "cnt 37+7 24="  | 24 two-digit fields 37 44 51 ... mod 100, no separators | the previous field and the step: sequential across fields, carries inside |
+| tribonacci   | "trib 371 48="  | 48 digits, d_i = d_{i-1}+d_{i-2}+d_{i-3} mod 10 (seeds 3,7,1) | the three digits before it: strictly sequential |
 | running_sum  | "sum 3527...(48 digits) 40=" | 40 digits, a_i = a_{i-1} + prompt digit i mod 10 | the previous answer digit and the prompt digit a fixed distance back: strictly sequential |
-| long_mix     | walk, count_by, repeat | ...                              | walk 1/2, count_by 1/4, repeat 1/4       |
+| long_mix     | walk, repeat    | 12-31 tokens, one 32-token block         | walk 3/4, repeat 1/4 (repeat at 12-31)    |
 
 The two-digit number before "=" is the answer length (in fields for count_by), so
 the model knows where `<eos>` goes. Difficulty knob: the answer length range
-(`min_len`/`max_len`, `min_fields`/`max_fields`); training uses short answers
+(`min_len`/`max_len`, `min_fields`/`max_fields`); training can draw short answers
 first (`focuslib.training.TrainConfig.curriculum_*`). Scores are exact match;
 `prefix_match` gives the correct-prefix fraction used during training.
 
-`walk` is pointer chasing: the prompt lists a permutation of the 36 symbols
-a-z0-9 as 36 pairs "xy" (y follows x) in random order, then a start symbol; the
-answer is the walk from it, 24-36 symbols. A token is a function of the token
-before it, found by an induction-head lookup (match the previous symbol in the
-prompt, copy its partner), and no token can be decoded before its predecessor:
-the sequential regime. The start lies on a cycle at least as long as the walk,
-so no symbol comes twice: a walk that wraps (`wrap=True`) repeats its first
-cycle, and a model decodes the repeats in parallel once one cycle is out
-(measured: 67% of a block's masked rows per step, docs/design.md).
+`walk` is pointer chasing: the prompt lists a permutation of 24 symbols drawn
+from a-z0-9 as 24 pairs "xy" (y follows x) in random order, then a start symbol;
+the answer is the walk from it, 12-24 symbols. A token is a function of the
+token before it, found by an induction-head lookup (match the previous symbol
+in the prompt, copy its partner), and no token can be decoded before its
+predecessor: the sequential regime. The start lies on a cycle at least as long
+as the walk, so no symbol comes twice: a walk that wraps (`wrap=True`) repeats
+its first cycle, and a model decodes the repeats in parallel once one cycle is
+out (measured: 67% of a block's masked rows per step, docs/design.md).
 `alphabet`, `min_letters`/`max_letters` and `min_cycle`/`max_cycle` make it
 easier for training to start on (fewer symbols, fewer pairs, short cycles).
-tribonacci stays available as a task but is not in `long_mix`: its three-term
-digit sum mod 10 was not learned by the 8-layer model in 137 minutes.
 
-running_sum is not in `long_mix` either: a token must read the prompt digit at a
-fixed distance of 53 positions, which neither a 1.6M-parameter probe with
-comma-separated sums (35 minutes) nor a 4-layer one on this exact format
-(25 minutes, 2430 steps: correct prefix 2.5%, the first digit only) learned on this
-CPU (docs/design.md, "The regime testbed").
+`long_mix` keeps every answer in one 32-token block: the walk's 12-24 symbols
+and repeats of 12-31 characters. count_by, tribonacci and running_sum have
+40-60-token answers and are not in it: the 8-layer x 192 model of stop 20 learned
+count_by only after ~6 hours, tribonacci never (137 minutes at 0%), and running_sum
+(a prompt digit read 53 positions back) stayed at its first digit in every probe
+(docs/design.md, "The regime testbed").
 """
 
 from __future__ import annotations
@@ -120,17 +118,16 @@ def running_sum_stream(seed: int, *, min_len: int = 40, max_len: int = 48, width
 WALK_ALPHABET: str = PATTERN_ALPHABET[:16]  # a-p, the default; `alphabet=` takes up to all of a-z0-9
 
 
-def walk_stream(seed: int, *, min_len: int = 24, max_len: int = 36, min_cycle: int = 2, max_cycle: int | None = None,
-                min_letters: int | None = None, max_letters: int | None = None, alphabet: int = 36,
-                wrap: bool = False) -> Iterator[Row]:
+def walk_stream(seed: int, *, min_len: int = 12, max_len: int = 24, min_cycle: int = 2, max_cycle: int | None = None,
+                min_letters: int = 24, max_letters: int = 24, alphabet: int = 36, wrap: bool = False) -> Iterator[Row]:
     """Pointer chasing through a permutation: "walk ab ba cc ... a 05=" -> "babab".
 
     The permutation is a cycle of `min_cycle`-`max_cycle` letters through the start
     letter plus a random permutation of the remaining letters (distractor pairs), over
     the first `alphabet` symbols of a-z0-9 (default all 36). `min_letters`/`max_letters`
     below `alphabet` draw a random subset per problem (fewer pairs, cycles clipped to
-    its size): an easier lookup for training to start on. `max_cycle`, `max_letters`
-    (and `min_letters`, from `max_letters`) default to the alphabet's size.
+    its size): an easier lookup for training to start on. `max_cycle` defaults to the
+    alphabet's size.
 
     `wrap=False` keeps the walk from coming back to a letter: its length is drawn first
     (clipped to the letters drawn) and the cycle is at least that long, so every answer
@@ -141,8 +138,6 @@ def walk_stream(seed: int, *, min_len: int = 24, max_len: int = 36, min_cycle: i
     if not 2 <= alphabet <= len(PATTERN_ALPHABET):
         raise ValueError(f"alphabet must be in 2..{len(PATTERN_ALPHABET)} (symbols of a-z0-9), got {alphabet}")
     max_cycle = alphabet if max_cycle is None else max_cycle  # None: as many as the alphabet has
-    max_letters = alphabet if max_letters is None else max_letters
-    min_letters = max_letters if min_letters is None else min_letters
     _check_length("cycle", min_cycle, max_cycle, maximum=alphabet)
     _check_length("letters", min_letters, max_letters, maximum=alphabet)
     if min_letters < 2:
@@ -179,8 +174,10 @@ def walk_stream(seed: int, *, min_len: int = 24, max_len: int = 36, min_cycle: i
 LONG_STREAMS = {"tribonacci": tribonacci_stream, "count_by": count_by_stream, "repeat": repeat_stream,
                 "walk": walk_stream, "running_sum": running_sum_stream}
 
-# The sequential task carries half the mixture: it is the one in FOCUS's regime.
-LONG_MIX_WEIGHTS: dict[str, float] = {"walk": 0.5, "count_by": 0.25, "repeat": 0.25}
+# The sequential task carries most of the mixture: it is the one in FOCUS's regime; repeat is the parallel end.
+LONG_MIX_WEIGHTS: dict[str, float] = {"walk": 0.75, "repeat": 0.25}
+# long_mix's own sub-task knobs (under the caller's): every answer fits one 32-token block
+LONG_MIX_KNOBS: dict[str, dict[str, Any]] = {"repeat": {"min_len": 12, "max_len": 31}}
 
 
 def score_exact(prediction: str, example: Row) -> float:

@@ -32,7 +32,7 @@ from typing import Any
 from focuslib.extras import require
 
 from .base import SeedSpec, Task, collect, to_dataset
-from .long import LONG_MIX_WEIGHTS, LONG_STREAMS, score_exact
+from .long import LONG_MIX_KNOBS, LONG_MIX_WEIGHTS, LONG_STREAMS, score_exact
 
 # Fixed, append-only: character-level tokenizers index into this string, so
 # reordering it would silently change the token ids of trained checkpoints.
@@ -208,6 +208,8 @@ DEFAULT_MIX_WEIGHTS: dict[str, float] = {"spell_backward": 0.25, "number_sorting
 
 # Mixtures by name: the bundled 8-block models' short tasks, and the long-answer regime tasks.
 MIXES: dict[str, dict[str, float]] = {"mix": DEFAULT_MIX_WEIGHTS, "long_mix": LONG_MIX_WEIGHTS}
+# A mixture's own knobs per sub-task, under the caller's (a caller's key wins; sub-tasks left out of weights drop)
+MIX_KNOBS: dict[str, dict[str, dict[str, Any]]] = {"long_mix": LONG_MIX_KNOBS}
 
 
 def knob_names(name: str) -> list[str]:
@@ -245,6 +247,8 @@ def build_mix(
     """
     weights = dict(MIXES[name] if weights is None else weights)
     _check_weights(weights, sub_knobs)
+    own = {k: v for k, v in MIX_KNOBS.get(name, {}).items() if weights.get(k, 0) > 0}
+    sub_knobs = {k: {**own.get(k, {}), **sub_knobs.get(k, {})} for k in own.keys() | sub_knobs.keys()}
     names = list(weights)
     rng = random.Random(spec.derive("mix"))
     choices = rng.choices(names, weights=[weights[k] for k in names], k=n)
