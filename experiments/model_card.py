@@ -31,10 +31,11 @@ TASK_NOTES = {
     "mix": ("answers are at most 9 characters, followed by `<eos>` filler",
             "chain_sum 2-3 single-digit terms; number_sorting 3-5 values in 0..9; spell_backward words of 3-8 "
             "letters; basic_arithmetic two 2-digit operands, `+`"),
-    "long_mix": ("answers are 40-60 characters (walk letters, count_by fields, repeat patterns), followed by "
-                 "`<eos>` filler",
-                 "training answers from 8 tokens up (walk/repeat 8-60 characters, count_by 4-30 fields), "
-                 "drawn short-first by the curriculum over answer length; evaluation at 40-60"),
+    "long_mix": ("answers are 12-31 characters in one 32-token block (walks of 12-24 symbols that never repeat one, "
+                 "repeats of 12-31 characters), followed by `<eos>` filler",
+                 "stage 1 (train=walk_lookup): wrapping walks over 3-6 of a-p; stage 2 (train=tiny_sdar_b32): walks "
+                 "through 3-24 listed symbols of a-z0-9, 2-24 long, and repeats of 4-31 characters; evaluation: 24 "
+                 "listed symbols, walks of 12-24"),
 }
 
 
@@ -183,7 +184,8 @@ def _curve_table(one_shot: list[dict], snaps: list[dict]) -> str:
 def write_card(ckpt: Path, run_dir: Path, results: dict, snaps: list[dict], commands: list[str], notes: str,
                task_name: str = "mix", regime: str = "") -> None:
     cfg = json.loads((ckpt / "config.json").read_text())
-    train_cfg = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0]).get("config", {})
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train_cfg = next((r["config"] for r in records if r.get("event") == "start"), {})  # after an init_from line
     from focuslib.loading import load_model
 
     model, _ = load_model(ckpt)

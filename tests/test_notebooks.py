@@ -22,10 +22,18 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TIMEOUT_S = 300  # whole-notebook budget; nbclient's own timeout is per cell
 
 
-def run_notebook(name: str, tmp_path: Path, monkeypatch) -> dict:
-    """Execute notebooks/<name> in tmp_path and return the JSON results it wrote."""
+# the models the notebooks study (FOCUSLIB_NB_MODEL) and the prompts per setting in CI (FOCUSLIB_NB_PROMPTS;
+# None: the notebook's own 512 / 128): the regime model decodes 32-token blocks, so it gets fewer prompts
+MODELS = {"tiny-sdar": None, "tiny-sdar-b32": "96"}
+
+
+def run_notebook(name: str, tmp_path: Path, monkeypatch, model: str = "tiny-sdar") -> dict:
+    """Execute notebooks/<name> on `model` in tmp_path and return the JSON results it wrote."""
     out = tmp_path / "results.json"
     monkeypatch.setenv("FOCUSLIB_NB_RESULTS", str(out))
+    monkeypatch.setenv("FOCUSLIB_NB_MODEL", model)
+    if MODELS[model] is not None:
+        monkeypatch.setenv("FOCUSLIB_NB_PROMPTS", MODELS[model])
     monkeypatch.setenv("MPLBACKEND", "Agg")
     repo = str(NOTEBOOKS.parent)  # so the kernel imports this checkout's focuslib and policies
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
@@ -36,6 +44,7 @@ def run_notebook(name: str, tmp_path: Path, monkeypatch) -> dict:
     assert out.exists(), "the notebook's last cell did not write its results"
     results = json.loads(out.read_text())
     assert results["runtime_s"] < TIMEOUT_S, results["runtime_s"]
+    assert results["model"] == model
     return results
 
 
@@ -49,8 +58,9 @@ def assert_ci(triple) -> None:
     assert lo <= est <= hi, triple
 
 
-def test_importance_vs_decodability_notebook(tmp_path, monkeypatch):
-    r = run_notebook("importance_vs_decodability.ipynb", tmp_path, monkeypatch)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_importance_vs_decodability_notebook(tmp_path, monkeypatch, model):
+    r = run_notebook("importance_vs_decodability.ipynb", tmp_path, monkeypatch, model)
     for setting in ("threshold", "one_per_step"):
         s = r[setting]
         assert s["n_rows"] > 100 and 0 < s["decodable_rate"] < 1
@@ -67,8 +77,9 @@ def test_importance_vs_decodability_notebook(tmp_path, monkeypatch):
         assert_ci(r["tiny_llada_one_per_step"][f"auc_{sig}"])
 
 
-def test_noise_model_notebook(tmp_path, monkeypatch):
-    r = run_notebook("noise_model.ipynb", tmp_path, monkeypatch)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_noise_model_notebook(tmp_path, monkeypatch, model):
+    r = run_notebook("noise_model.ipynb", tmp_path, monkeypatch, model)
     for setting in ("threshold", "one_per_step"):
         s = r[setting]
         assert s["n_noise"] >= 50 and s["n_decodable"] >= 50
