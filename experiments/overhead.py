@@ -29,6 +29,34 @@ from torch import Tensor
 from focuslib.model import Transformer, attend, rope_tables
 
 
+def cached_rows(model: Transformer, x: Tensor, first: int, last: int, answer_start: Tensor, k_cache: Tensor,
+                v_cache: Tensor, mask: Tensor) -> Tensor:
+    """Hidden rows [B, L, C] of positions first..last-1 of x [B, T]; their K/V overwrite the caches
+    [n_layers, B, T, G, D], and attention reads the first K keys under mask [B, L, K]."""
+    width = mask.shape[-1]
+    pos = torch.arange(first, last).expand(x.shape[0], -1)  # [B, L]
+    h = model.embed_rows(x[:, first:last], pos, answer_start)
+    rope = rope_tables(model.cfg, pos)
+    for i, layer in enumerate(model.layers):
+        q, k, v = layer.qkv(h, rope)
+        k_cache[i, :, first:last], v_cache[i, :, first:last] = k, v
+        h = layer.finish(h, attend(q, k_cache[i, :, :width], v_cache[i, :, :width], mask))
+    return h
+
+
+def threshold_commit(model: Transformer, x: Tensor, h: Tensor, lo: int, hi: int, threshold: float) -> None:
+    """Commit into x [B, T] (in place) every masked position of lo..hi-1 whose confidence is >= threshold, at
+    least the most confident one per sequence; h [B, hi - lo, C] are the hidden rows of those positions."""
+    mask_id = model.cfg.mask_id
+    logits = model.logits(h).float()  # [B, S, V]
+    logits[..., mask_id] = float("-inf")
+    masked = x[:, lo:hi] == mask_id  # [B, S]
+    conf, tok = logits.softmax(-1).max(-1)
+    conf = torch.where(masked, conf, -1.0)
+    commit = masked & ((conf >= threshold) | (conf == conf.max(1, keepdim=True).values))
+    x[:, lo:hi] = torch.where(commit, tok, x[:, lo:hi])
+
+
 @torch.inference_mode()
 def minimal_block_loop(model: Transformer, prompts: Tensor, gen_length: int, threshold: float = 0.9) -> Tensor:
     """Threshold decoding of a block-diffusion model with a K/V cache of finished blocks; returns tokens [B, T].
@@ -47,22 +75,11 @@ def minimal_block_loop(model: Transformer, prompts: Tensor, gen_length: int, thr
     answer_start = torch.full((b,), p)
     while block * bs < t:
         start, end = block * bs, min((block + 1) * bs, t)
-        pos = torch.arange(final, end).expand(b, -1)  # [B, L]
-        h = model.embed_rows(x[:, final:end], pos, answer_start)
-        rope = rope_tables(cfg, pos)
-        mask = (torch.arange(end)[None, :] // bs <= pos[0][:, None] // bs).expand(b, -1, -1)  # [B, L, end]
-        for i, layer in enumerate(model.layers):
-            q, k, v = layer.qkv(h, rope)
-            k_cache[i, :, final:end], v_cache[i, :, final:end] = k, v
-            h = layer.finish(h, attend(q, k_cache[i, :, :end], v_cache[i, :, :end], mask))
+        rows = torch.arange(final, end)
+        mask = (torch.arange(end)[None, :] // bs <= rows[:, None] // bs).expand(b, -1, -1)  # [B, L, end]
+        h = cached_rows(model, x, final, end, answer_start, k_cache, v_cache, mask)
+        threshold_commit(model, x, h[:, start - final:], start, end, threshold)
         final = start  # everything before the current block was computed with final tokens
-        masked = x[:, start:end] == cfg.mask_id  # [B, S]
-        logits = model.logits(h[:, start - pos[0, 0]:]).float()
-        logits[..., cfg.mask_id] = float("-inf")
-        conf, tok = logits.softmax(-1).max(-1)  # [B, S]
-        conf = torch.where(masked, conf, -1.0)
-        commit = masked & ((conf >= threshold) | (conf == conf.max(1, keepdim=True).values))
-        x[:, start:end] = torch.where(commit, tok, x[:, start:end])
         if not (x[:, start:end] == cfg.mask_id).any():
             block += 1  # the next step also computes this block once more, with its final tokens
     return x
@@ -124,21 +141,9 @@ def fast_dllm_dual_loop(model: Transformer, prompts: Tensor, gen_length: int, bl
         hi, refresh = lo + block_length, True
         while (x[:, lo:hi] == cfg.mask_id).any():
             first, last = (0, t) if refresh else (lo, hi)  # rows run at this step
-            pos = torch.arange(first, last).expand(b, -1)  # [B, L]
-            h = model.embed_rows(x[:, first:last], pos, answer_start)
-            rope = rope_tables(cfg, pos)
-            mask = torch.ones(b, last - first, t, dtype=torch.bool)  # [B, L, T]
-            for i, layer in enumerate(model.layers):
-                q, k, v = layer.qkv(h, rope)
-                k_cache[i, :, first:last], v_cache[i, :, first:last] = k, v
-                h = layer.finish(h, attend(q, k_cache[i], v_cache[i], mask))
-            logits = model.logits(h[:, lo - first:hi - first]).float()  # [B, S, V]
-            logits[..., cfg.mask_id] = float("-inf")
-            masked = x[:, lo:hi] == cfg.mask_id  # [B, S]
-            conf, tok = logits.softmax(-1).max(-1)
-            conf = torch.where(masked, conf, -1.0)
-            commit = masked & ((conf >= threshold) | (conf == conf.max(1, keepdim=True).values))
-            x[:, lo:hi] = torch.where(commit, tok, x[:, lo:hi])
+            mask = torch.ones(b, last - first, t, dtype=torch.bool)  # [B, L, T]: every key, stored or fresh
+            h = cached_rows(model, x, first, last, answer_start, k_cache, v_cache, mask)
+            threshold_commit(model, x, h[:, lo - first:hi - first], lo, hi, threshold)
             refresh = False
     return x
 
