@@ -1,0 +1,59 @@
+"""The bundled tiny-sdar-b32 against the regime testbed's targets (docs/design.md, "The regime testbed").
+
+A held-out sample of long_mix (the test split, never trained or validated on), decoded once
+with one token per step and once with Threshold(0.9); the regime statistics come from the
+threshold run's trace. The sample is small so that CI stays fast: its exact-match rate has a
+standard error of about 5 points, so the accuracy floor sits below the model card's number
+(256 problems) and the 80% target is held by a strict xfail until the model reaches it.
+"""
+from __future__ import annotations
+
+import pytest
+
+from focuslib import DiffusionDecoder, evaluate
+from focuslib.loading import load_model
+from focuslib.policies.unmasking import LowConfidence, Threshold
+from focuslib.tasks import load_task
+
+N_PROBLEMS = 64
+GEN_LENGTH = 32
+
+
+@pytest.fixture(scope="module")
+def runs():
+    model, tok = load_model("tiny-sdar-b32")
+    task = load_task("long_mix", N_PROBLEMS, seed="test")
+    one = evaluate(DiffusionDecoder(model, LowConfidence(), tokenizer=tok), task, gen_length=GEN_LENGTH,
+                   steps=GEN_LENGTH, batch_size=32, progress=False)  # one token per step
+    threshold = evaluate(DiffusionDecoder(model, Threshold(0.9), tokenizer=tok), task, gen_length=GEN_LENGTH,
+                         batch_size=32, progress=False, regime=True)
+    return one, threshold
+
+
+def test_threshold_decoding_keeps_the_one_token_per_step_accuracy(runs):
+    one, threshold = runs
+    assert abs(threshold.accuracy - one.accuracy) <= 0.02 + 1e-9
+    assert threshold.tokens_per_step > 1.3  # ...while committing several tokens per step
+
+
+def test_both_tasks_are_solved_well_above_chance(runs):
+    _, threshold = runs
+    by_task = threshold.per_task
+    assert by_task["repeat"] >= 0.9
+    assert by_task["walk"] >= 0.5   # the sequential task: 12-24 dependent lookups, each symbol needing the last
+    assert threshold.accuracy >= 0.6
+
+
+@pytest.mark.xfail(strict=True, reason="target of the regime testbed not reached yet: the bundled model is "
+                                       "below 80% exact match on long_mix (see its model card)")
+def test_exact_match_reaches_the_target(runs):
+    one, _ = runs
+    assert one.accuracy >= 0.8
+
+
+def test_the_model_decodes_in_focus_regime(runs):
+    _, threshold = runs
+    regime = threshold.regime
+    assert regime.committed_fraction_later <= 0.30  # few of a block's masked rows decodable per later step
+    assert regime.forced_share <= 0.20              # and the commits are confident, not forced guesses
+    assert regime.committed_fraction_first > regime.committed_fraction_later
