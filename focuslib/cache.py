@@ -36,10 +36,11 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.trash = positions
+        self._slots = [KVSlot(self.k[i], self.v[i]) for i in range(n_layers)]  # views, built once per call
 
     def layer(self, index: int) -> KVSlot:
         """The K/V buffers of one layer, as the narrow handle layer runners write through."""
-        return KVSlot(self.k[index], self.v[index])
+        return self._slots[index]
 
     def write(self, layer: int, pos: Tensor, valid: Tensor, k: Tensor, v: Tensor) -> None:
         """Store k, v [B, L, G, D] of rows at positions pos [B, L]; rows with valid False go to the trash column."""
@@ -49,6 +50,7 @@ class KVCache:
         """An independent copy (for a dense preview of a step that must not disturb the real cache)."""
         copy = KVCache.__new__(KVCache)
         copy.k, copy.v, copy.trash = self.k.clone(), self.v.clone(), self.trash
+        copy._slots = [KVSlot(copy.k[i], copy.v[i]) for i in range(copy.k.shape[0])]
         return copy
 
 

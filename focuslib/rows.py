@@ -98,12 +98,16 @@ class Rows:
         return out.scatter_(1, idx.expand_as(values), values)
 
     def as_mask(self, positions: int) -> Tensor:
-        """[B, T] bool, True = position is one of the valid rows."""
-        if self.span is not None:
-            out = torch.zeros(self.pos.shape[0], positions, dtype=torch.bool, device=self.pos.device)
-            out[:, self.span[0]:self.span[1]] = True
-            return out
-        return self.by_position(self.valid, positions, False)[:, :positions]
+        """[B, T] bool, True = position is one of the valid rows (built once per T: treat it as read-only)."""
+        masks = self.__dict__.setdefault("_masks", {})
+        if positions not in masks:
+            if self.span is not None:
+                out = torch.zeros(self.pos.shape[0], positions, dtype=torch.bool, device=self.pos.device)
+                out[:, self.span[0]:self.span[1]] = True
+            else:
+                out = self.by_position(self.valid, positions, False)[:, :positions]
+            masks[positions] = out
+        return masks[positions]
 
     def lookup(self, positions: int) -> Tensor:
         """[B, T] long: row index of each position, -1 where the position is not a valid row."""

@@ -9,6 +9,7 @@ Shapes: B batch, T positions, S block slots.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -75,13 +76,18 @@ class DecodeState:
     def view(self) -> BlockView:
         """What a cache mode needs to know about the blocks (`focuslib.cache.BlockView`)."""
         cur = self.current_block[:, None]
-        nxt = torch.nn.functional.pad(self.block_id[:, 1:], (0, 1), value=-2)
         return BlockView(
             in_sequence=self.in_sequence, decoded=self.x != self.mask_id,
             before_block_end=self.block_id <= cur, in_block=(self.block_id == cur) & self.in_sequence,
-            block_start_step=self.block_changed, block_last=(nxt != self.block_id) | ~self.in_sequence,
+            block_start_step=self.block_changed, block_last=self.block_last,
             in_finished_block=self.block_id < cur,
         )
+
+    @cached_property
+    def block_last(self) -> Tensor:
+        """[B, T] True = the position is the last one of its block, or not in the sequence (fixed for a call)."""
+        nxt = torch.nn.functional.pad(self.block_id[:, 1:], (0, 1), value=-2)
+        return (nxt != self.block_id) | ~self.in_sequence
 
     def block_start(self) -> Tensor:
         """[B] absolute start of each sequence's current block (for gathering its positions)."""

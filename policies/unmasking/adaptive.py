@@ -44,8 +44,11 @@ class Threshold(UnmaskingPolicy):
         self.threshold = check_number("threshold", threshold, low=0.0, high=1.0, low_open=True)
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
-        confident = candidates & (proposal.confidence >= self.threshold)  # True = above bar
-        return top_k_commit(proposal.confidence, candidates, confident.sum(dim=-1))
+        # the candidates above the bar; in a row with none, its most confident candidate (left-most on ties)
+        confident = candidates & (proposal.confidence >= self.threshold)
+        best = torch.where(candidates, proposal.confidence, -1.0).argmax(-1, keepdim=True)  # [B, 1], first max
+        fallback = torch.zeros_like(candidates).scatter_(-1, best, True) & ~confident.any(-1, keepdim=True)
+        return confident | (fallback & candidates)
 
 
 class Factor(UnmaskingPolicy):
