@@ -391,7 +391,8 @@ class DiffusionDecoder:
         t = visible.shape[1]
         width = t + 1 if rows.last_pos is None else self.model.key_extent(max(rows.last_pos, 0), t)
         key_pos = torch.arange(width, device=visible.device).expand(visible.shape[0], width)
-        padded = torch.nn.functional.pad(visible, (0, 1), value=False)[:, None, :width]
+        # the trash column T is never visible: pad only when the keys reach it
+        padded = (visible if width <= t else torch.nn.functional.pad(visible, (0, 1), value=False))[:, None, :width]
         mask = self.model.attention_rule(rows.pos, key_pos) & padded
         mask[:, :, 0] |= ~rows.valid  # padding rows attend position 0 so softmax stays finite
         return mask
