@@ -224,6 +224,10 @@ def test_threshold_commits_confident_rows_and_at_least_one():
     exact = logits_of([[dist([1.0]), dist([1.0]), peaked(0.99)]])
     out = Threshold(1.0)(exact, bools([[1, 1, 1]]), ctx(0, None, [3]))
     assert out.commit.tolist() == [[True, True, False]]
+    # none above the bar: the most confident candidate, the left-most on ties, never a non-candidate
+    ties = logits_of([[peaked(0.8), peaked(0.6), peaked(0.7), peaked(0.7)]])
+    out = Threshold(0.9)(ties, bools([[0, 1, 1, 1]]), ctx(0, None, [3]))
+    assert out.commit.tolist() == [[False, False, True, False]]
 
 
 def factor_rows(rows: list[list[float]], width: int = 5):
