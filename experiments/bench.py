@@ -11,7 +11,8 @@ ratio dense/stack row-layers, the share of that ratio turned into speed
 With `regime=true` (default) one extra, untimed dense evaluation per batch size records a
 trace and adds the regime metrics of focuslib.regime to the dense rows
 (committed_fraction_first, committed_fraction_later, forced_share, oracle_saving; blank
-for eviction stacks, whose traces include eviction), and to every row
+for eviction stacks, whose traces include eviction, except forced_share, which their quality
+run measures), and to every row
 row_layer_bound = (1 - row_layers / dense row_layers) / dense oracle_saving: the share of
 the oracle's row-layer saving the stack achieves (0 for dense, negative when it computes more).
 
@@ -76,13 +77,17 @@ def stack_cache_options(cfg: DictConfig, spec: DictConfig) -> dict[str, Any]:
 
 
 def quality_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_size: int) -> dict[str, Any]:
-    """Miss rate and within-step AUC of the stack's score, from one untimed run labelled by the dense step.
+    """Miss rate, within-step AUC of the stack's score and forced share, from one untimed run labelled by the
+    dense step.
 
     miss_rate: share of the rows dense decoding would commit at a step that the stack evicted;
-    auc [auc_lo, auc_hi]: mean within-step AUC of the policy's score for those rows (NaN without a score).
+    auc [auc_lo, auc_hi]: mean within-step AUC of the policy's score for those rows (NaN without a score);
+    forced_share: share of the stack's own commits below confidence 0.9 (`focuslib.regime`): a stack
+    that evicts the decodable rows leaves the "at least one token per step" rule to guess.
     """
     import pandas as pd
 
+    from focuslib.regime import regime_stats
     from focuslib.stats import miss_rate, within_step_auc
 
     frames = []
@@ -92,7 +97,8 @@ def quality_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_si
         frames.append(out.trace.assign(seq=out.trace["seq"] + start))
     trace = pd.concat(frames, ignore_index=True)
     quality = within_step_auc(trace, "score", "dense_commit", n_resamples=cfg.get("n_resamples", 500))
-    values = {"miss_rate": miss_rate(trace), **{k: quality[k] for k in ("auc", "auc_lo", "auc_hi")}}
+    values = {"miss_rate": miss_rate(trace), **{k: quality[k] for k in ("auc", "auc_lo", "auc_hi")},
+              "forced_share": regime_stats(trace, n_layers=decoder.cfg.n_layers).forced_share}
     return {k: None if math.isnan(v) else v for k, v in values.items()}
 
 
@@ -120,15 +126,17 @@ def regime_cell(decoder: DiffusionDecoder, task: Any, cfg: DictConfig, batch_siz
 def add_regime_bound(rows: list[dict[str, Any]]) -> None:
     """row_layer_bound = achieved row-layer saving / the dense oracle saving of the same batch size.
 
-    Rows of stacks other than dense get None for the four regime metrics (their traces
-    include eviction, so the oracle replay does not apply); the bound is None where the
-    dense oracle saving is unknown or zero.
+    Rows of stacks other than dense get None for the block fractions and the oracle saving
+    (their traces include eviction, so the oracle replay does not apply) and keep the forced
+    share of their quality run, if any; the bound is None where the dense oracle saving is
+    unknown or zero.
     """
     dense = {r["batch_size"]: r for r in rows if r["stack"] == "dense"}
     for r in rows:
         base = dense[r["batch_size"]]
         if r["stack"] != "dense":
-            r.update({k: None for k in REGIME_COLUMNS[:4]})
+            r.update({k: None for k in REGIME_COLUMNS[:4] if k != "forced_share"})
+            r.setdefault("forced_share", None)
         oracle = base.get("oracle_saving")
         ok = oracle is not None and not math.isnan(oracle) and oracle > 0
         r["row_layer_bound"] = (1.0 - r["row_layers"] / base["row_layers"]) / oracle if ok else None

@@ -35,6 +35,9 @@ def test_bench_app_writes_json_table_and_plot(tmp_path):
         assert 0.0 <= r["accuracy"] <= 1.0
         if r["stack"] == "dense":
             assert r["speedup"] == 1.0
+        else:  # the oracle replay does not apply to a stack that evicts; its own commits' forced share does
+            assert r["oracle_saving"] is None and r["committed_fraction_later"] is None
+        assert 0.0 <= r["forced_share"] <= 1.0
     dense = {r["batch_size"]: r for r in rows if r["stack"] == "dense"}
     assert dense[1]["forward_passes"] > dense[4]["forward_passes"]  # 6 decodes of one vs 2 batches
     table = (out / "bench.md").read_text()
