@@ -6,7 +6,7 @@ valid False and point at a harmless position.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -57,6 +57,7 @@ class Rows:
     # (lo, hi) when every sequence's rows are exactly positions lo..hi-1, all valid (known on the host):
     # the common dense step, whose gathers and scatters become slices
     span: tuple[int, int] | None = None
+    _masks: dict[int, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)  # as_mask by T
 
     @classmethod
     def from_mask(cls, mask: Tensor) -> "Rows":
@@ -99,7 +100,7 @@ class Rows:
 
     def as_mask(self, positions: int) -> Tensor:
         """[B, T] bool, True = position is one of the valid rows (built once per T: treat it as read-only)."""
-        masks = self.__dict__.setdefault("_masks", {})
+        masks = self._masks
         if positions not in masks:
             if self.span is not None:
                 out = torch.zeros(self.pos.shape[0], positions, dtype=torch.bool, device=self.pos.device)
