@@ -1,7 +1,7 @@
 """What the decoder's generality costs: DiffusionDecoder (no eviction) against a minimal hand-written loop.
 
     python -m experiments.overhead                     # bundled tiny-sdar, batch 1 and 32
-    python -m experiments.overhead --model tiny-sdar-b32 --task long_mix --gen-length 64
+    python -m experiments.overhead --model tiny-sdar-b32 --task long_mix --gen-length 32
     python -m experiments.overhead --model tiny-llada --peer llada   # against LLaDA's own generate.py loop
     python -m experiments.overhead --model tiny-llada --peer fast_dllm   # against Fast-dLLM's dual-cache loop
 
