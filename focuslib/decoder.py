@@ -10,7 +10,8 @@ Per step, for every unfinished sequence of the batch:
 4. `_block_logits` -- logits of the surviving rows that predict the current block
    (Dream reads position p at row p - 1);
 5. the unmasking policy commits tokens; `_apply` hands them to `DecodeState.commit` (blocks,
-   step counters, EOS) and reads the step's counters in its one host sync.
+   step counters, EOS), plans the next step's rows (steps 1-2 of the next step) and reads the
+   step's counters with the next rows' sizes in the step's one host sync.
 
 Sequences of different lengths share a batch: each keeps its own positions,
 blocks and step counters, so a batch gives the same tokens as one at a time.
@@ -29,7 +30,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from focuslib.cache import CACHE_OPTIONS, CacheMode, KVCache, cache_mode_class
+from focuslib.cache import CACHE_OPTIONS, BlockView, CacheMode, KVCache, cache_mode_class
 from focuslib.contract import BudgetPolicy, CommitView, LayerCall, LayerView, Projection, StepView
 from focuslib.eviction import EvictionStack, StackState
 from focuslib.families import get_family
@@ -118,6 +119,17 @@ class _Call:
     generators: tuple[torch.Generator, ...] | None  # one per sequence (seed=), else None
     stop_at_eos: bool
     dense_labels: bool = False
+    plan: "_Plan | None" = None  # the next step's rows, planned when the last step committed
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the next step computes, decided right after the previous step's commits."""
+
+    view: BlockView
+    active: Tensor  # [B] bool, sequences not done
+    need: Tensor  # [B, T] bool, positions the cache mode needs computed
+    rows: Rows  # the True entries of need
 
 
 class DiffusionDecoder:
@@ -209,6 +221,9 @@ class DiffusionDecoder:
             generators=sequence_generators(seed, sequence_ids, b, dev),
             stop_at_eos=stop_at_eos, dense_labels=dense_labels)
         finished = bool(state.done.all())
+        if not finished:
+            view, active, need, row_stats = self._next_rows(state, call)
+            call.plan = _Plan(view, active, need, Rows.from_stats(need, row_stats.tolist()))
         while not finished:
             finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
@@ -218,14 +233,8 @@ class DiffusionDecoder:
 
     def _step(self, state: DecodeState, call: _Call) -> bool:
         """One forward pass and its commits; True when every sequence is done."""
-        view = state.view()
-        active = ~state.done
+        view, active, need, rows = call.plan.view, call.plan.active, call.plan.need, call.plan.rows
         t = state.x.shape[1]
-        need = call.mode.rows(view)
-        if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
-            need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
-        need = need & active[:, None]
-        rows = Rows.from_mask(need)
         reusable = call.mode.reusable(view) & ~need  # K/V of positions not computed at this step
         masked_block = view.in_block & ~view.decoded & active[:, None]  # [B, T] True = may be committed
         step = self._step_view(state, masked_block, call.stats.steps, call.steps_per_block)
@@ -247,7 +256,17 @@ class DiffusionDecoder:
             call.recorder.record(call.stats.steps, state, block_pos, masked, candidates, commit.confidence, chosen,
                                  views, {**self.eviction.trace_columns(call.policies),
                                          **({"dense_commit": dense} if call.dense_labels else {})})
-        return self._apply(state, block_pos, chosen, commit.tokens, call.stats, call.stop_at_eos, stuck, computed)
+        return self._apply(state, call, block_pos, chosen, commit.tokens, stuck, computed)
+
+    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor]:
+        """The rows the next step computes: (block view, active [B], need [B, T], `Rows.stats` of need on the device)."""
+        view = state.view()
+        active = ~state.done
+        need = call.mode.rows(view)
+        if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
+            need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
+        need = need & active[:, None]
+        return view, active, need, Rows.stats(need)
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
                 ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor, Tensor]:
@@ -394,7 +413,8 @@ class DiffusionDecoder:
         # the trash column T is never visible: pad only when the keys reach it
         padded = (visible if width <= t else torch.nn.functional.pad(visible, (0, 1), value=False))[:, None, :width]
         mask = self.model.attention_rule(rows.pos, key_pos) & padded
-        mask[:, :, 0] |= ~rows.valid  # padding rows attend position 0 so softmax stays finite
+        if rows.span is None:  # padding rows attend position 0 so softmax stays finite (a span has none)
+            mask[:, :, 0] |= ~rows.valid
         return mask
 
     def _trace_layers(self) -> tuple[tuple[int, int], int]:
@@ -426,20 +446,23 @@ class DiffusionDecoder:
         logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
         return logits, candidates
 
-    def _apply(self, state: DecodeState, block_pos: Tensor, chosen: Tensor, tokens: Tensor, stats: DecodeStats,
-               stop_at_eos: bool, stuck: Tensor, computed: Tensor) -> bool:
-        """Commit the chosen tokens (`DecodeState.commit`: blocks, step counters, done flags), then check
-        the step and count it; returns True when every sequence is done.
+    def _apply(self, state: DecodeState, call: _Call, block_pos: Tensor, chosen: Tensor, tokens: Tensor,
+               stuck: Tensor, computed: Tensor) -> bool:
+        """Commit the chosen tokens (`DecodeState.commit`: blocks, step counters, done flags), plan the next
+        step's rows, then check the step and count it; returns True when every sequence is done.
 
         stuck [B]: from `_decide`; computed [n_layers]: row counts from `_run_layers`. The step's one
-        host sync reads them with the commit counts and the done flag (a failed check raises after the
-        writes: the call's state is dropped with it, so nothing reaches the caller).
+        host sync reads them with the commit counts, the done flag and the next rows' sizes (a failed
+        check raises after the writes: the call's state is dropped with it, so nothing reaches the caller).
         """
+        stats = call.stats
         active = ~state.done
         bad = state.bad_logits if state.bad_logits is not None else torch.zeros_like(active)
-        state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if stop_at_eos else ())
+        state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if call.stop_at_eos else ())
+        view, next_active, need, row_stats = self._next_rows(state, call)
         counts = torch.stack([chosen.sum(), active.sum(), bad.sum(), stuck.sum(), state.done.all().long()])
-        n, n_active, n_bad, n_stuck, all_done, *per_layer = torch.cat([counts, computed]).tolist()  # the one sync
+        n, n_active, n_bad, n_stuck, all_done, *per_layer = torch.cat([counts, computed, row_stats]).tolist()  # the one sync
+        per_layer, next_stats = per_layer[:-5], per_layer[-5:]
         if n_stuck:
             raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
                                "predicts them survived this step (an eviction policy must keep at least one masked row)")
@@ -456,6 +479,7 @@ class DiffusionDecoder:
         stats.committed_per_step.append(n)
         stats.sequence_steps += n_active
         stats.steps += 1
+        call.plan = None if all_done else _Plan(view, next_active, need, Rows.from_stats(need, next_stats))
         return bool(all_done)
 
     # -- setup -------------------------------------------------------------------

@@ -62,14 +62,28 @@ class Rows:
     @classmethod
     def from_mask(cls, mask: Tensor) -> "Rows":
         """Rows for the True entries of mask [B, T], in increasing position order (one host sync)."""
-        b, t = mask.shape
+        return cls.from_stats(mask, cls.stats(mask).tolist())
+
+    @staticmethod
+    def stats(mask: Tensor) -> Tensor:
+        """[5] long, on the device: what `from_stats` needs to know of mask [B, T] on the host.
+
+        Read it alone (`from_mask`) or together with other counters, in one host sync.
+        """
+        if not mask.numel():
+            return torch.zeros(5, dtype=torch.long, device=mask.device)
+        counts = mask.sum(1)
+        at = torch.arange(mask.shape[1], device=mask.device)
+        return torch.stack([counts.max(), counts.sum(), torch.where(mask, at, -1).max(), counts.min(),
+                            torch.where(mask, at, mask.shape[1]).min()])
+
+    @classmethod
+    def from_stats(cls, mask: Tensor, stats: list[int]) -> "Rows":
+        """Rows for the True entries of mask [B, T], given `stats(mask)` read on the host (no sync)."""
+        b, _ = mask.shape
         if not mask.numel():
             return cls(*compact_rows(mask, 0), 0, -1)
-        counts = mask.sum(1)
-        at = torch.arange(t, device=mask.device)
-        stats = torch.stack([counts.max(), counts.sum(), torch.where(mask, at, -1).max(), counts.min(),
-                             torch.where(mask, at, t).min()])
-        width, total, last, fewest, first = stats.tolist()  # the one host sync
+        width, total, last, fewest, first = stats
         if fewest == width == last - first + 1:  # each sequence holds width positions in a range of width
             pos = torch.arange(first, last + 1, device=mask.device).expand(b, width)
             return cls(pos, torch.ones(b, width, dtype=torch.bool, device=mask.device), total, last, (first, last + 1))
