@@ -156,9 +156,11 @@ class KVSlot:
             self.k[:, span[0]:span[1]] = k
             self.v[:, span[0]:span[1]] = v
             return
-        idx = torch.where(valid, pos, self.trash)[:, :, None, None].expand_as(k)
-        self.k.scatter_(1, idx, k.to(self.k.dtype))
-        self.v.scatter_(1, idx, v.to(self.v.dtype))
+        # index_put_ on (sequence, position) pairs: a few times faster than scatter_ with an index
+        # expanded over heads and head dims; duplicates only hit the trash column
+        at = (torch.arange(pos.shape[0], device=pos.device)[:, None], torch.where(valid, pos, self.trash))
+        self.k.index_put_(at, k.to(self.k.dtype))
+        self.v.index_put_(at, v.to(self.v.dtype))
 
 
 class EvictionPolicy:
