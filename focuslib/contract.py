@@ -75,6 +75,9 @@ class LayerView:
     k: Tensor  # [B, L, G, D] keys of the rows at this layer
     masked: Tensor  # [B, L] bool, True = row is a still-masked position of its current block
     step: StepView
+    # masked.sum(1).max() when known on the host (read in the step's one sync; None once rows were
+    # evicted): kernels that pack the masked rows take it as their width instead of syncing for it
+    masked_width: int | None = None
 
     def block_rows(self) -> Tensor:
         """[B, S] row index of every slot of the current block (-1: no row there, or past the tensor)."""

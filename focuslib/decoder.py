@@ -129,7 +129,15 @@ class _Plan:
     view: BlockView
     active: Tensor  # [B] bool, sequences not done
     need: Tensor  # [B, T] bool, positions the cache mode needs computed
+    masked_block: Tensor  # [B, T] bool, masked positions of the current blocks (what may be committed)
     rows: Rows  # the True entries of need
+    masked_width: int  # most masked rows of any sequence among the rows (`LayerView.masked_width`)
+
+    @classmethod
+    def read(cls, planned: tuple[BlockView, Tensor, Tensor, Tensor], sizes: list[int]) -> "_Plan":
+        """The plan from `_next_rows`'s tensors and their sizes as read on the host."""
+        view, active, need, masked_block = planned
+        return cls(view, active, need, masked_block, Rows.from_stats(need, sizes[:5]), sizes[5])
 
 
 class DiffusionDecoder:
@@ -222,8 +230,8 @@ class DiffusionDecoder:
             stop_at_eos=stop_at_eos, dense_labels=dense_labels)
         finished = bool(state.done.all())
         if not finished:
-            view, active, need, row_stats = self._next_rows(state, call)
-            call.plan = _Plan(view, active, need, Rows.from_stats(need, row_stats.tolist()))
+            *planned, sizes = self._next_rows(state, call)
+            call.plan = _Plan.read(planned, sizes.tolist())
         while not finished:
             finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
@@ -233,10 +241,10 @@ class DiffusionDecoder:
 
     def _step(self, state: DecodeState, call: _Call) -> bool:
         """One forward pass and its commits; True when every sequence is done."""
-        view, active, need, rows = call.plan.view, call.plan.active, call.plan.need, call.plan.rows
+        plan = call.plan
+        view, need, rows, masked_block = plan.view, plan.need, plan.rows, plan.masked_block
         t = state.x.shape[1]
         reusable = call.mode.reusable(view) & ~need  # K/V of positions not computed at this step
-        masked_block = view.in_block & ~view.decoded & active[:, None]  # [B, T] True = may be committed
         step = self._step_view(state, masked_block, call.stats.steps, call.steps_per_block)
         block_pos, in_range = step.block_slots()
         masked = masked_block.gather(1, block_pos) & in_range  # [B, S]
@@ -245,9 +253,9 @@ class DiffusionDecoder:
                           eos_ids=self.eos_ids, eot_ids=self.eot_ids)
         dense = None
         if self.eviction.needs_dense_commits or call.dense_labels:  # analysis only: the dense step first
-            dense = self._dense_commits(state, call, step, rows, reusable, masked_block, masked, ctx)
+            dense = self._dense_commits(state, call, step, rows, reusable, masked, ctx)
             self.eviction.see_dense_commits(dense, call.policies)
-        h, rows, views, computed = self._run_layers(state, call, step, rows, reusable, masked_block)
+        h, rows, views, computed = self._run_layers(state, call, step, rows, reusable)
         call.mode.update(view, rows.as_mask(t))
         commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
         self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
@@ -258,15 +266,18 @@ class DiffusionDecoder:
                                          **({"dense_commit": dense} if call.dense_labels else {})})
         return self._apply(state, call, block_pos, chosen, commit.tokens, stuck, computed)
 
-    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor]:
-        """The rows the next step computes: (block view, active [B], need [B, T], `Rows.stats` of need on the device)."""
+    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor, Tensor]:
+        """What the next step computes: (block view, active [B], need [B, T], masked_block [B, T], sizes [6]);
+        sizes, on the device, are `Rows.stats` of need and the most masked rows of a sequence (`_Plan.read`)."""
         view = state.view()
         active = ~state.done
         need = call.mode.rows(view)
         if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
             need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
         need = need & active[:, None]
-        return view, active, need, Rows.stats(need)
+        masked_block = view.in_block & ~view.decoded & active[:, None]
+        sizes = torch.cat([Rows.stats(need), (need & masked_block).sum(1).max()[None]])
+        return view, active, need, masked_block, sizes
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
                 ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor, Tensor]:
@@ -281,7 +292,7 @@ class DiffusionDecoder:
         return commit, candidates, chosen, stuck
 
     def _dense_commits(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
-                       masked_block: Tensor, masked: Tensor, ctx: StepContext) -> Tensor:
+                       masked: Tensor, ctx: StepContext) -> Tensor:
         """[B, T] bool: positions that dense decoding (no eviction) would commit at this step.
 
         Runs on a copy of the K/V cache and of the sampling generator, so the real step is
@@ -289,7 +300,7 @@ class DiffusionDecoder:
         """
         preview = replace(call, cache=call.cache.clone(), recorder=None,
                           stats=DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers))
-        h, rows, _, _ = self._run_layers(state, preview, step, rows, reusable, masked_block, evict=False)
+        h, rows, _, _ = self._run_layers(state, preview, step, rows, reusable, evict=False)
         if ctx.generators is not None:
             ctx = replace(ctx, generators=tuple(torch.Generator(device=g.device).set_state(g.get_state())
                                                 for g in ctx.generators))
@@ -308,7 +319,7 @@ class DiffusionDecoder:
                         active=~state.done, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
 
     def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
-                    masked_block: Tensor, evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView], Tensor]:
+                    evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView], Tensor]:
         """Run every layer over `rows`; eviction may shrink the rows at each layer's two eviction points.
 
         Each layer runs in two halves (`LayerRunner.project`: Q/K/V, written to the cache;
@@ -321,6 +332,7 @@ class DiffusionDecoder:
         """
         t = state.x.shape[1]
         tokens, answer_start, b = state.x, state.prompt_len, state.x.shape[0]
+        masked_block, masked_width = call.plan.masked_block, call.plan.masked_width  # None once rows are evicted
         if self.cfg_scale:  # guidance: the unconditional copy (prompt masked) runs as the second half of the batch
             tokens, answer_start = torch.cat([tokens, self._unconditional(state)]), answer_start.repeat(2)
             rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1),
@@ -346,23 +358,26 @@ class DiffusionDecoder:
                           kv=None if direct_kv else call.cache.layer(i))
             proj = runner.project(x)
             if hooks or i in traced:
-                lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step)
+                lv = LayerView(layer=i, rows=rows, q=proj.q, k=proj.k, masked=masked_rows, step=step,
+                               masked_width=masked_width)
             if i in traced:
                 views[i] = lv if not self.cfg_scale else replace(  # the conditional half
-                    lv, rows=Rows(rows.pos[:b], rows.valid[:b]), q=proj.q[:b], k=proj.k[:b], masked=masked_rows[:b])
+                    lv, rows=Rows(rows.pos[:b], rows.valid[:b]), q=proj.q[:b], k=proj.k[:b], masked=masked_rows[:b],
+                masked_width=None)
             keep = self.eviction.at_qkv(lv, call.policies) if hooks else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
-                x = replace(x, h=h, rows=rows, mask=mask, rope=rope)
+                x, masked_width = replace(x, h=h, rows=rows, mask=mask, rope=rope), None
             out = runner.complete(x, proj)
             h = out.h
             if out.computed is not counted[0]:
                 counted = (out.computed, out.computed.sum())
             computed.append(counted[1])
-            keep = self.eviction.after_layer(replace(lv, rows=rows, q=proj.q, k=proj.k, masked=masked_rows),
-                                             call.policies) if hooks else None
+            keep = self.eviction.after_layer(replace(lv, rows=rows, q=proj.q, k=proj.k, masked=masked_rows,
+                                                     masked_width=masked_width), call.policies) if hooks else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
+                masked_width = None
         if self.cfg_scale:  # both halves computed the same rows; h keeps both halves for _block_logits
             rows = Rows(rows.pos[:b], rows.valid[:b], span=rows.span)
         return h, rows, views, torch.stack(computed)
@@ -459,10 +474,10 @@ class DiffusionDecoder:
         active = ~state.done
         bad = state.bad_logits if state.bad_logits is not None else torch.zeros_like(active)
         state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if call.stop_at_eos else ())
-        view, next_active, need, row_stats = self._next_rows(state, call)
+        *planned, sizes = self._next_rows(state, call)
         counts = torch.stack([chosen.sum(), active.sum(), bad.sum(), stuck.sum(), state.done.all().long()])
-        n, n_active, n_bad, n_stuck, all_done, *per_layer = torch.cat([counts, computed, row_stats]).tolist()  # the one sync
-        per_layer, next_stats = per_layer[:-5], per_layer[-5:]
+        n, n_active, n_bad, n_stuck, all_done, *per_layer = torch.cat([counts, computed, sizes]).tolist()  # the one sync
+        per_layer, next_sizes = per_layer[:-len(sizes)], per_layer[-len(sizes):]
         if n_stuck:
             raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
                                "predicts them survived this step (an eviction policy must keep at least one masked row)")
@@ -479,7 +494,7 @@ class DiffusionDecoder:
         stats.committed_per_step.append(n)
         stats.sequence_steps += n_active
         stats.steps += 1
-        call.plan = None if all_done else _Plan(view, next_active, need, Rows.from_stats(need, next_stats))
+        call.plan = None if all_done else _Plan.read(planned, next_sizes)
         return bool(all_done)
 
     # -- setup -------------------------------------------------------------------

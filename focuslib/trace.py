@@ -31,7 +31,7 @@ COLUMNS = ("step", "seq", "block", "position", "imp0", "imp1", "delta", "score",
 
 def _importance_at(view: LayerView, block_pos: Tensor, window: int) -> Tensor:
     """Importance of the view's masked rows, read at block positions [B, S] (NaN where not a row)."""
-    imp = masked_importance(view.q, view.k, view.masked, window)  # [B, L]
+    imp = masked_importance(view.q, view.k, view.masked, window, width=view.masked_width)  # [B, L]
     row_of = view.rows.rows_at(block_pos, view.step.positions)
     return torch.where(row_of >= 0, imp.gather(1, row_of.clamp(min=0)), torch.nan)
 

@@ -155,15 +155,17 @@ def masked_importance(
     masked: torch.Tensor,  # [B, L] bool, True = row is in the set (the block's still-masked rows)
     window: int = 3,
     round_to: torch.dtype | None = None,
+    width: int | None = None,
 ) -> torch.Tensor:  # [B, L] float32, 0 on rows outside the set
     """FOCUS importance of every row of the set among the set (queries and keys restricted to it, position order).
 
     round_to: round the importance to this dtype before returning it (the FOCUS authors'
     code stores it in the model dtype, so deltas are taken between rounded values).
+    width: masked.sum(1).max() (or more) when the caller knows it on the host; else one host sync.
     """
     from .compaction import compact_rows, gather_rows
 
-    index, valid = compact_rows(masked)  # [B, M]
+    index, valid = compact_rows(masked, width)  # [B, M]
     imp = focus_importance(gather_rows(q, index), gather_rows(k, index), valid, window)  # [B, M]
     if round_to is not None:
         imp = imp.to(round_to).float()

@@ -96,7 +96,7 @@ class LayerImportance(RowScore):
     def importance(self, view: LayerView) -> Tensor:
         """[B, L] float32 importance of the masked rows at this view's layer (0 elsewhere)."""
         dtype = view.q.dtype if self.round_to_model_dtype else None
-        return masked_importance(view.q, view.k, view.masked, self.window, round_to=dtype)
+        return masked_importance(view.q, view.k, view.masked, self.window, round_to=dtype, width=view.masked_width)
 
     def score(self, view: LayerView, state: Any) -> Tensor:
         return self.importance(view)

@@ -552,6 +552,18 @@ def test_a_dense_step_waits_for_the_device_once(cache):
     assert len(syncs) >= 2 and set(syncs) == {1}
 
 
+def test_a_focus_step_waits_once_more_for_its_compaction():
+    """FOCUS's importance packs the masked rows with the width read in the step's sync; only the
+    compaction of the kept rows (their count depends on the eviction decision) waits again."""
+    from focuslib.policies.budget import FocusBudget
+    from focuslib.policies.eviction import Focus
+
+    decoder = DiffusionDecoder(tiny_model("sdar"), Threshold(0.9), cache="delayed", eviction=Focus(),
+                               budget=FocusBudget())
+    syncs = host_syncs_per_step(decoder, [[3, 4, 5], [6, 7]], gen_length=16)
+    assert len(syncs) >= 2 and set(syncs) == {2}
+
+
 def test_key_extent_follows_the_family_rule():
     """Block diffusion: a query reaches keys up to its block's end; full attention: every position."""
     sdar = tiny_model("sdar")

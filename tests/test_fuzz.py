@@ -272,7 +272,7 @@ def observed(probe: Probe):
         t = state.x.shape[1]
         rows_in = rows.as_mask(t).clone()
         in_block = step.in_block(torch.arange(t).expand_as(state.x))
-        masked_block = a["masked_block"].clone()
+        masked_block = call.plan.masked_block.clone()
         out = run_layers(self, *args, **kwargs)
         probe.layer_runs.append(dict(
             evict=a.get("evict", True), rows_in=rows_in, rows_out=out[1].as_mask(t).clone(), in_block=in_block,
