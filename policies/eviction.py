@@ -30,7 +30,7 @@ from focuslib.contract import (
     BudgetPolicy, CommitView, EvictionPolicy, LayerCall, LayerOutput, LayerRunner, LayerView, Projection,
 )
 from focuslib.layer import attend_rows, finish_rows, packed_rope, project_rows
-from focuslib.rows import RowPacker, Rows
+from focuslib.rows import Rows
 from focuslib.kernels import compact_rows, dyllm_update_and_cosine, focus_select, gather_rows, masked_importance
 
 if TYPE_CHECKING:
@@ -470,13 +470,13 @@ class _DyLLMCaches:
 
     def refresh_qkv(self, x: LayerCall, updated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Q/K/V of updated rows; returns q, k of every row [B, L, ...] and dV [B, T+1, G, D] (0 off updated rows)."""
-        index, valid = compact_rows(updated)  # [B, U]
-        pos = torch.where(valid, gather_rows(x.rows.pos, index), self.trash)  # [B, U]
+        sub, index = x.rows.select(updated)  # [B, U]; its packer knows the row count (no sync of its own)
+        valid = sub.valid
+        pos = torch.where(valid, sub.pos, self.trash)  # [B, U]
         dv = torch.zeros_like(x.kv.v)
         if index.shape[1]:
-            packer = RowPacker(valid)
-            rope = packed_rope(x.layer.cfg, gather_rows(x.rows.pos, index), packer)
-            q, k, v = project_rows(x.layer, gather_rows(x.h, index), rope, packer)
+            rope = packed_rope(x.layer.cfg, sub.pos, sub.packer)
+            q, k, v = project_rows(x.layer, gather_rows(x.h, index), rope, sub.packer)
             v_old = gather_rows(x.kv.v, pos)
             x.kv.write(pos, valid, k, v)  # pos is the trash column where valid is False
             self.put(dv, pos, torch.where(valid[:, :, None, None], v.to(dv.dtype) - v_old, 0.0))
@@ -486,11 +486,11 @@ class _DyLLMCaches:
 
     def recompute(self, x: LayerCall, q_all: Tensor, salient: Tensor) -> Tensor:
         """Full attention + FFN for salient rows; returns every row's layer output [B, L, C]."""
-        index, valid = compact_rows(salient)  # [B, N]
-        pos = torch.where(valid, gather_rows(x.rows.pos, index), self.trash)
+        sub, index = x.rows.select(salient)  # [B, N]
+        pos = torch.where(sub.valid, sub.pos, self.trash)
         if index.shape[1]:
             ctx = attend_rows(gather_rows(q_all, index), x.kv, gather_rows(x.mask, index))  # [B, N, H, D]
-            h = finish_rows(x.layer, gather_rows(x.h, index), ctx, RowPacker(valid))  # [B, N, C]
+            h = finish_rows(x.layer, gather_rows(x.h, index), ctx, sub.packer)  # [B, N, C]
             for buf in (self.context[x.index], self.reference[x.index]):
                 self.put(buf, pos, ctx)
             self.put(self.hidden[x.index], pos, h)
