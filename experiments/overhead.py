@@ -180,19 +180,25 @@ def equal_work_pair(model: Transformer, prompts: Tensor, gen_length: int, peer: 
     raise ValueError(f"peer must be one of {sorted(PEERS)}, got {peer!r}")
 
 
-def measure(run_decoder: Callable[[], Tensor], run_peer: Callable[[], Tensor], n_tokens: int, repeats: int
-            ) -> dict[str, float]:
-    """tokens/s of the decoder and of its peer loop (interleaved, best of repeats); their tokens must agree."""
+def measure(run_decoder: Callable[[], Tensor], run_peer: Callable[[], Tensor], n_tokens: int, repeats: int,
+            sample_s: float = 0.25) -> dict[str, float]:
+    """tokens/s of the decoder and of its peer loop (interleaved, best of repeats); their tokens must agree.
+
+    Each timed sample repeats a call until it lasts about `sample_s` seconds, so that short calls
+    (batch 1 takes a few milliseconds) are not at the mercy of a single scheduler hiccup.
+    """
+    if not torch.equal(run_decoder(), run_peer()):  # also the warm-up
+        raise AssertionError("the peer loop and the decoder disagree: the comparison is not at equal work")
+    t0 = time.perf_counter()
+    run_decoder()
+    calls = max(1, round(sample_s / max(time.perf_counter() - t0, 1e-6)))
     best = {"decoder": float("inf"), "peer": float("inf")}
     for _ in range(repeats):
         for name, run in (("decoder", run_decoder), ("peer", run_peer)):
             t0 = time.perf_counter()
-            tokens = run()
-            best[name] = min(best[name], time.perf_counter() - t0)
-            if name == "decoder":
-                ours = tokens
-            elif not torch.equal(ours, tokens):
-                raise AssertionError("the peer loop and the decoder disagree: the comparison is not at equal work")
+            for _ in range(calls):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls)
     return {"decoder_tokens_per_s": n_tokens / best["decoder"], "peer_tokens_per_s": n_tokens / best["peer"],
             "ratio": best["peer"] / best["decoder"]}
 
