@@ -20,11 +20,13 @@ with `--slow`.
     python -m experiments.doc_outputs                 # check the fast blocks (a test runs this)
     python -m experiments.doc_outputs --slow --write  # regenerate everything (minutes)
     python -m experiments.doc_outputs README.md --slow --write --only experiments.overhead  # some blocks
+    python -m experiments.doc_outputs README.md --slow --write --only bench --keep /tmp/runs  # keep bench.png
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -209,11 +211,15 @@ def render(block: Block, outputs: list[list[str]]) -> str | None:
     return "\n".join(line for part in parts for line in part) + "\n"
 
 
-def check(blocks: Sequence[Block], write: bool) -> list[str]:
-    """Rerun each block; the disagreements (or, with `write`, rewrite the files). Returns error messages."""
+def check(blocks: Sequence[Block], write: bool, keep: Path | None = None) -> list[str]:
+    """Rerun each block; the disagreements (or, with `write`, rewrite the files). Returns error messages.
+
+    Each block runs in a fresh temporary directory, or in `keep`/<k> (kept: plots the commands wrote).
+    """
     errors, edits = [], {}
-    for block in blocks:
-        with tempfile.TemporaryDirectory(prefix="doc_outputs_") as tmp:
+    for k, block in enumerate(blocks):
+        with contextlib.nullcontext(keep / str(k)) if keep else tempfile.TemporaryDirectory(prefix="doc_outputs_") as tmp:
+            Path(tmp).mkdir(parents=True, exist_ok=True)
             outputs = run_commands(block.commands, Path(tmp))
         bad = [k for k, (s, a) in enumerate(zip(block.shown, outputs)) if match(s, a) is None]
         print(f"{'drift' if bad else 'ok   '} {block.where}: {' && '.join(block.commands)[:100]}", flush=True)
@@ -247,11 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="rewrite the blocks with fresh output")
     parser.add_argument("--slow", action="store_true", help="also run commands that take minutes (bench, train)")
     parser.add_argument("--only", metavar="TEXT", help="only the blocks whose commands contain TEXT")
+    parser.add_argument("--keep", metavar="DIR", type=Path,
+                        help="run block k in DIR/k and keep what it wrote (e.g. a benchmark's plot)")
     args = parser.parse_args(argv)
     blocks = list(all_blocks(args.files, args.slow, args.only))
     if args.only is not None and not blocks:
         parser.error(f"no block of {args.files} matches --only {args.only!r}" + ("" if args.slow else " (slow blocks need --slow)"))
-    errors = check(blocks, args.write)
+    errors = check(blocks, args.write, args.keep)
     for message in errors:
         print(f"\n{message}", file=sys.stderr)
     return 1 if errors else 0
