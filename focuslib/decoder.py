@@ -127,17 +127,15 @@ class _Plan:
     """What the next step computes, decided right after the previous step's commits."""
 
     view: BlockView
-    active: Tensor  # [B] bool, sequences not done
     need: Tensor  # [B, T] bool, positions the cache mode needs computed
     masked_block: Tensor  # [B, T] bool, masked positions of the current blocks (what may be committed)
     rows: Rows  # the True entries of need
     masked_width: int  # most masked rows of any sequence among the rows (`LayerView.masked_width`)
 
     @classmethod
-    def read(cls, planned: tuple[BlockView, Tensor, Tensor, Tensor], sizes: list[int]) -> "_Plan":
+    def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, sizes: list[int]) -> "_Plan":
         """The plan from `_next_rows`'s tensors and their sizes as read on the host."""
-        view, active, need, masked_block = planned
-        return cls(view, active, need, masked_block, Rows.from_stats(need, sizes[:5]), sizes[5])
+        return cls(view, need, masked_block, Rows.from_stats(need, sizes[:5]), sizes[5])
 
 
 class DiffusionDecoder:
@@ -231,7 +229,7 @@ class DiffusionDecoder:
         finished = bool(state.done.all())
         if not finished:
             *planned, sizes = self._next_rows(state, call)
-            call.plan = _Plan.read(planned, sizes.tolist())
+            call.plan = _Plan.read(*planned, sizes.tolist())
         while not finished:
             finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
@@ -266,8 +264,8 @@ class DiffusionDecoder:
                                          **({"dense_commit": dense} if call.dense_labels else {})})
         return self._apply(state, call, block_pos, chosen, commit.tokens, stuck, computed)
 
-    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor, Tensor]:
-        """What the next step computes: (block view, active [B], need [B, T], masked_block [B, T], sizes [6]);
+    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor]:
+        """What the next step computes: (block view, need [B, T], masked_block [B, T], sizes [6]);
         sizes, on the device, are `Rows.stats` of need and the most masked rows of a sequence (`_Plan.read`)."""
         view = state.view()
         active = ~state.done
@@ -277,7 +275,7 @@ class DiffusionDecoder:
         need = need & active[:, None]
         masked_block = view.in_block & ~view.decoded & active[:, None]
         sizes = torch.cat([Rows.stats(need), (need & masked_block).sum(1).max()[None]])
-        return view, active, need, masked_block, sizes
+        return view, need, masked_block, sizes
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
                 ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor, Tensor]:
@@ -494,7 +492,7 @@ class DiffusionDecoder:
         stats.committed_per_step.append(n)
         stats.sequence_steps += n_active
         stats.steps += 1
-        call.plan = None if all_done else _Plan.read(planned, next_sizes)
+        call.plan = None if all_done else _Plan.read(*planned, next_sizes)
         return bool(all_done)
 
     # -- setup -------------------------------------------------------------------
