@@ -135,7 +135,8 @@ class _Plan:
     @classmethod
     def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, sizes: list[int]) -> "_Plan":
         """The plan from `_next_rows`'s tensors and their sizes as read on the host."""
-        return cls(view, need, masked_block, Rows.from_stats(need, sizes[:5]), sizes[5])
+        *row_sizes, masked_width = sizes
+        return cls(view, need, masked_block, Rows.from_stats(need, row_sizes), masked_width)
 
 
 class DiffusionDecoder:
@@ -361,7 +362,7 @@ class DiffusionDecoder:
             if i in traced:
                 views[i] = lv if not self.cfg_scale else replace(  # the conditional half
                     lv, rows=Rows(rows.pos[:b], rows.valid[:b]), q=proj.q[:b], k=proj.k[:b], masked=masked_rows[:b],
-                masked_width=None)
+                    masked_width=None)
             keep = self.eviction.at_qkv(lv, call.policies) if hooks else None
             if keep is not None:
                 rows, h, proj, mask, masked_rows, rope = self._evict(keep, rows, h, proj, keys, masked_block, step)
