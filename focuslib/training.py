@@ -351,8 +351,9 @@ class TrainConfig:
     run_name: str = "run"  # Hydra puts the run in outputs/train/<run_name>
     run_dir: str = "outputs/train/run"  # checkpoints, logs, snapshots (Hydra sets its output dir)
     resume: bool = False  # continue from run_dir/last.pt, else from resume_snapshot (model, optimizer, clock, RNG)
-    # Start from another run's weights (its last.pt or resume snapshot): a fresh optimizer, clock and lr
-    # schedule. The source may be shallower: its layers come first, the rest start as identities (`grow_into`).
+    # Start from another run's weights (its last.pt or resume snapshot, or an exported checkpoint directory):
+    # a fresh optimizer, clock and lr schedule. The source may be shallower: its layers come first, the rest
+    # start as identities (`grow_into`).
     init_from: str | None = None
     ckpt_every_min: float = 5.0  # resumable checkpoint run_dir/last.pt
     # A compact resumable snapshot (fp32 weights, bf16 second moments, no first moments: about 6 bytes
@@ -411,8 +412,7 @@ class Trainer:
         if cfg.resume and (resume_from.is_file() or not cfg.init_from):  # resume=true init_from=X: X only at first
             self._load(resume_from)
         elif cfg.init_from:
-            source = torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"]
-            grow_into(self.model, source)
+            grow_into(self.model, initial_weights(cfg.init_from))
             self._log({"event": "init_from", "path": cfg.init_from})
 
     def _data(self) -> tuple[list, list, Any]:
@@ -606,6 +606,15 @@ def _expand(opt: dict[str, Any]) -> dict[str, Any]:
         sq = v["exp_avg_sq"].float()
         state[k] = {**v, "exp_avg_sq": sq, "exp_avg": v.get("exp_avg", torch.zeros_like(sq))}
     return {"state": state, "param_groups": opt["param_groups"]}
+
+
+def initial_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The weights `init_from` names: a checkpoint directory (as `export` writes it) or a run's .pt file."""
+    if Path(path).is_dir():
+        from focuslib.loading import load_model
+
+        return load_model(path)[0].state_dict()
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
 def grow_into(model: Transformer, source: dict[str, torch.Tensor]) -> Transformer:

@@ -187,7 +187,7 @@ def test_help_lists_only_the_apps_own_groups(app, groups):
     for group in groups - {"train"}:
         assert listed[group] == sorted(p.stem for p in (CONF / group).glob("*.yaml"))
     if app == "experiments.train":
-        assert listed["train"] == ["tiny_llada", "tiny_sdar", "tiny_sdar_b32", "walk_lookup"]
+        assert listed["train"] == ["tiny_llada", "tiny_sdar", "tiny_sdar_b32", "tiny_sdar_b32_long", "walk_lookup"]
 
 
 def test_train_presets_are_not_a_group_of_the_shared_conf():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,19 @@ def _tiny_cfg(tmp_path: Path, family: str, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def test_init_from_an_exported_checkpoint_starts_from_its_weights(tmp_path):
+    """init_from a checkpoint directory (a bundled model): the run starts from the exported weights."""
+    from focuslib.loading import load_model
+
+    Trainer(_tiny_cfg(tmp_path / "src", "sdar")).run()
+    exported = load_model(tmp_path / "src" / "export")[0]
+    trainer = Trainer(_tiny_cfg(tmp_path, "sdar", export_dir=None, init_from=str(tmp_path / "src" / "export")))
+    assert trainer.state.step == 0
+    ids, start = torch.randint(4, 20, (3, 10)), torch.tensor([3, 4, 5])
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model(ids, answer_start=start), exported(ids, answer_start=start))
+
+
 @pytest.mark.parametrize("family", ["llada", "sdar"])
 def test_tiny_training_run_exports_loadable_checkpoint(tmp_path, family):
     from focuslib.loading import load_model
@@ -238,8 +252,6 @@ def test_compact_resume_snapshot_continues_on_a_fresh_machine(tmp_path):
 
 def test_init_from_a_shallower_run_grows_it_without_changing_its_function(tmp_path):
     """init_from: the source's layers first, the added layers start as identities -- same logits -- then train."""
-    from dataclasses import replace
-
     from focuslib.training import grow_into
 
     Trainer(_tiny_cfg(tmp_path / "src", "sdar", max_steps=2, export_dir=None)).run()
@@ -274,7 +286,7 @@ def test_hydra_presets_compose():
     conf_dir = str(Path(__file__).resolve().parents[1] / "experiments" / "train_conf")
     presets = {}
     for preset, family in (("tiny_llada", "llada"), ("tiny_sdar", "sdar"), ("tiny_sdar_b32", "sdar"),
-                           ("walk_lookup", "sdar")):
+                           ("tiny_sdar_b32_long", "sdar"), ("walk_lookup", "sdar")):
         with initialize_config_dir(config_dir=conf_dir, version_base=None):
             cfg = compose("train", overrides=[f"train={preset}", "run_dir=/tmp/x", "time_budget_min=1"])
         obj = presets[preset] = OmegaConf.to_object(cfg)
@@ -287,5 +299,9 @@ def test_hydra_presets_compose():
     vocab = 48
     source = Transformer(stage1.model.build(vocab)).state_dict()
     grow_into(Transformer(stage2.model.build(vocab)), source)
+    # stage 3 continues the bundled stage-2 model: the same architecture, longer positions only
+    stage3 = presets["tiny_sdar_b32_long"]
+    assert stage3.init_from == "focuslib/checkpoints/tiny-sdar-b32"
+    assert replace(stage3.model, max_positions=stage2.model.max_positions) == stage2.model
     with initialize_config_dir(config_dir=conf_dir, version_base=None), pytest.raises(Exception):
         compose("train", overrides=["no_such_field=1"])
