@@ -73,6 +73,11 @@ def test_every_option_composes(group, option):
         assert cfg.task.name == option
 
 
+def test_focus_fill_is_focus_with_the_fill_progress_rule():
+    focus, fill = (OmegaConf.to_container(compose_cfg([f"eviction={o}"]).eviction) for o in ("focus", "focus_fill"))
+    assert focus["progress_rule"] == "mark" and fill == {**focus, "progress_rule": "fill"}
+
+
 def _target_nodes(node):
     if isinstance(node, dict):
         if "_target_" in node:
