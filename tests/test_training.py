@@ -299,9 +299,9 @@ def test_hydra_presets_compose():
     vocab = 48
     source = Transformer(stage1.model.build(vocab)).state_dict()
     grow_into(Transformer(stage2.model.build(vocab)), source)
-    # stage 3 continues the bundled stage-2 model: the same architecture, longer positions only
+    # stage 3 continues stage 2's run: the same architecture, longer positions only
     stage3 = presets["tiny_sdar_b32_long"]
-    assert stage3.init_from == "focuslib/checkpoints/tiny-sdar-b32"
+    assert stage3.init_from == f"outputs/train/{stage2.run_name}/last.pt"
     assert replace(stage3.model, max_positions=stage2.model.max_positions) == stage2.model
     with initialize_config_dir(config_dir=conf_dir, version_base=None), pytest.raises(Exception):
         compose("train", overrides=["no_such_field=1"])

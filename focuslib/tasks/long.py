@@ -11,7 +11,7 @@ rules. The tasks span the range from strictly sequential to parallel decoding:
 | count_by     | "cnt 37+7 24="  | 24 two-digit fields 37 44 51 ... mod 100, no separators | the previous field and the step: sequential across fields, carries inside |
 | tribonacci   | "trib 371 48="  | 48 digits, d_i = d_{i-1}+d_{i-2}+d_{i-3} mod 10 (seeds 3,7,1) | the three digits before it: strictly sequential |
 | running_sum  | "sum 3527...(48 digits) 40=" | 40 digits, a_i = a_{i-1} + prompt digit i mod 10 | the previous answer digit and the prompt digit a fixed distance back: strictly sequential |
-| long_mix     | walk, repeat    | 12-31 tokens, one 32-token block         | walk 3/4, repeat 1/4 (repeat at 12-31)    |
+| long_mix     | walk, repeat    | 24-31 tokens, one 32-token block         | walk 3/4 (28 symbols listed, 24-28 long), repeat 1/4 (24-31) |
 
 The two-digit number before "=" is the answer length (in fields for count_by), so
 the model knows where `<eos>` goes. Difficulty knob: the answer length range
@@ -31,8 +31,11 @@ out (measured: 67% of a block's masked rows per step, docs/design.md).
 `alphabet`, `min_letters`/`max_letters` and `min_cycle`/`max_cycle` make it
 easier for training to start on (fewer symbols, fewer pairs, short cycles).
 
-`long_mix` keeps every answer in one 32-token block: the walk's 12-24 symbols
-and repeats of 12-31 characters. count_by, tribonacci and running_sum have
+`long_mix` fills most of one 32-token block with the answer: walks of 24-28
+symbols through 28 listed pairs, and repeats of 24-31 characters. Short answers
+would leave the block to `<eos>` filler, which a block decodes at its first
+step, and against the prompt's rows (computed once) an oracle eviction could
+then save only a third of the row-layers (docs/design.md, "The regime testbed"). count_by, tribonacci and running_sum have
 40-60-token answers and are not in it: the 8-layer x 192 model of stop 20 learned
 count_by only after ~6 hours, tribonacci never (137 minutes at 0%), and running_sum
 (a prompt digit read 53 positions back) stayed at its first digit in every probe
@@ -176,8 +179,11 @@ LONG_STREAMS = {"tribonacci": tribonacci_stream, "count_by": count_by_stream, "r
 
 # The sequential task carries most of the mixture: it is the one in FOCUS's regime; repeat is the parallel end.
 LONG_MIX_WEIGHTS: dict[str, float] = {"walk": 0.75, "repeat": 0.25}
-# long_mix's own sub-task knobs (under the caller's): every answer fits one 32-token block
-LONG_MIX_KNOBS: dict[str, dict[str, Any]] = {"repeat": {"min_len": 12, "max_len": 31}}
+# long_mix's own sub-task knobs (under the caller's): every answer fills most of one 32-token block
+LONG_MIX_KNOBS: dict[str, dict[str, Any]] = {
+    "walk": {"min_letters": 28, "max_letters": 28, "min_len": 24, "max_len": 28},
+    "repeat": {"min_len": 24, "max_len": 31},
+}
 
 
 def score_exact(prediction: str, example: Row) -> float:
