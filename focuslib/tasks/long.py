@@ -35,7 +35,8 @@ easier for training to start on (fewer symbols, fewer pairs, short cycles).
 symbols through 28 listed pairs, and repeats of 24-31 characters. Short answers
 would leave the block to `<eos>` filler, which a block decodes at its first
 step, and against the prompt's rows (computed once) an oracle eviction could
-then save only a third of the row-layers (docs/design.md, "The regime testbed"). count_by, tribonacci and running_sum have
+then save only a third of the row-layers
+(docs/design.md, "The regime testbed"). count_by, tribonacci and running_sum have
 40-60-token answers and are not in it: the 8-layer x 192 model of stop 20 learned
 count_by only after ~6 hours, tribonacci never (137 minutes at 0%), and running_sum
 (a prompt digit read 53 positions back) stayed at its first digit in every probe
