@@ -4,7 +4,7 @@ A held-out sample of long_mix (the test split, never trained or validated on), d
 one token per step and with Threshold(0.9), both on the exact block cache; the regime
 statistics come from the threshold run's trace, and the oracle's saving from a second
 threshold run on FOCUS's base cache (delayed), since it is a share of what the cache leaves
-to compute. The sample is small so that CI stays fast (64 problems, about 30 s).
+to compute. The sample is small so that CI stays fast (64 problems, about 15 s).
 """
 from __future__ import annotations
 
