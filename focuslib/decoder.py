@@ -120,6 +120,9 @@ class _Call:
     stop_at_eos: bool
     dense_labels: bool = False
     plan: "_Plan | None" = None  # the next step's rows, planned when the last step committed
+    # the last planned rows, their RoPE tables and their attention rule (`_attention_rule`)
+    row_tables: tuple[Rows, tuple[Tensor, Tensor], Tensor] | None = None
+    n_active: int = 0  # sequences not done at the start of the step (read in the last step's sync)
 
 
 @dataclass(frozen=True)
@@ -130,13 +133,16 @@ class _Plan:
     need: Tensor  # [B, T] bool, positions the cache mode needs computed
     masked_block: Tensor  # [B, T] bool, masked positions of the current blocks (what may be committed)
     rows: Rows  # the True entries of need
-    masked_width: int  # most masked rows of any sequence among the rows (`LayerView.masked_width`)
+    masked_width: int | None  # most masked rows of any sequence among the rows (`LayerView.masked_width`)
 
     @classmethod
-    def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, sizes: list[int]) -> "_Plan":
-        """The plan from `_next_rows`'s tensors and their sizes as read on the host."""
-        *row_sizes, masked_width = sizes
-        return cls(view, need, masked_block, Rows.from_stats(need, row_sizes), masked_width)
+    def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, sizes: list[int],
+             last: "_Plan | None" = None) -> "_Plan":
+        """The plan from `_next_rows`'s tensors and their sizes as read on the host; the last plan's rows
+        are reused when they are the same span (with their masks, packer and RoPE tables)."""
+        row_sizes, masked_width = sizes[:5], (sizes[5] if len(sizes) > 5 else None)
+        return cls(view, need, masked_block, Rows.from_stats(need, row_sizes, last.rows if last else None),
+                   masked_width)
 
 
 class DiffusionDecoder:
@@ -215,7 +221,8 @@ class DiffusionDecoder:
         self._check_request(ids, gen_length, steps)
         start = time.perf_counter()
         cfg = self.cfg
-        pad = cfg.pad_id if cfg.pad_id is not None else (cfg.eos_ids[0] if cfg.eos_ids else 0)
+        # padding after short sequences: never the mask id, so that "masked" needs no sequence check
+        pad = next(i for i in (cfg.pad_id, *cfg.eos_ids, 0, 1) if i is not None and i != cfg.mask_id)
         state = DecodeState.start(ids, gen_length, mask_id=cfg.mask_id, pad_id=pad, block_size=self.block_size,
                                   block_diffusion=cfg.block_diffusion, device=self.model.embed.weight.device)
         b, t = state.x.shape
@@ -231,6 +238,7 @@ class DiffusionDecoder:
         if not finished:
             *planned, sizes = self._next_rows(state, call)
             call.plan = _Plan.read(*planned, sizes.tolist())
+            call.n_active = b
         while not finished:
             finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
@@ -257,8 +265,9 @@ class DiffusionDecoder:
         h, rows, views, computed = self._run_layers(state, call, step, rows, reusable)
         call.mode.update(view, rows.as_mask(t))
         commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
-        self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
-                                            confidence=commit.confidence, committed=chosen), call.policies)
+        if self.eviction:
+            self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
+                                                confidence=commit.confidence, committed=chosen), call.policies)
         if call.recorder is not None:
             call.recorder.record(call.stats.steps, state, block_pos, masked, candidates, commit.confidence, chosen,
                                  views, {**self.eviction.trace_columns(call.policies),
@@ -275,15 +284,18 @@ class DiffusionDecoder:
             need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
         need = need & active[:, None]
         masked_block = view.in_block & ~view.decoded & active[:, None]
-        sizes = torch.cat([Rows.stats(need), (need & masked_block).sum(1).max()[None]])
+        sizes = Rows.stats(need, state.positions)
+        if self.eviction or call.recorder is not None:  # the widest masked rows: what FOCUS's kernels pack
+            sizes = torch.cat([sizes, (need & masked_block).sum(1).max()[None]])
         return view, need, masked_block, sizes
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
-                ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor, Tensor]:
+                ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor, Tensor | None]:
         """The unmasking decision: (policy's Commit, candidates [B, S], chosen [B, S] = slots committed now,
-        stuck [B] = masked positions left but no row predicting them: `_apply` raises, after its one host sync)."""
+        stuck [B] = masked positions left but no row predicting them: `_apply` raises, after its one host sync;
+        None without eviction, where every masked position's row is computed)."""
         logits, candidates = self._block_logits(state, h, rows, block_pos, masked)
-        stuck = masked.any(1) & ~candidates.any(1)
+        stuck = masked.any(1) & ~candidates.any(1) if self.eviction else None
         commit = self.unmasking(logits, candidates, ctx)
         chosen = commit.commit & candidates
         if steps_per_block is not None:  # the block's last budgeted step commits what is left
@@ -318,7 +330,7 @@ class DiffusionDecoder:
                         active=~state.done, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
 
     def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
-                    evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView], Tensor]:
+                    evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView], list[int | Tensor]]:
         """Run every layer over `rows`; eviction may shrink the rows at each layer's two eviction points.
 
         Each layer runs in two halves (`LayerRunner.project`: Q/K/V, written to the cache;
@@ -327,11 +339,12 @@ class DiffusionDecoder:
         attention and FFN really ran (`LayerOutput.computed`); the counts stay on the
         device (`_apply` reads them in the step's one stats sync), so the loop adds no host sync.
         Returns the final hidden rows, the rows that reached the end, the LayerView
-        at the Q/K/V point of every layer a trace wants, and the row counts [n_layers].
+        at the Q/K/V point of every layer a trace wants, and the row count of every layer.
         """
         t = state.x.shape[1]
         tokens, answer_start, b = state.x, state.prompt_len, state.x.shape[0]
         masked_block, masked_width = call.plan.masked_block, call.plan.masked_width  # None once rows are evicted
+        planned = rows  # the plan's rows (a plan reuses the last one's when they are the same)
         if self.cfg_scale:  # guidance: the unconditional copy (prompt masked) runs as the second half of the batch
             tokens, answer_start = torch.cat([tokens, self._unconditional(state)]), answer_start.repeat(2)
             rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1),
@@ -341,14 +354,16 @@ class DiffusionDecoder:
         call.stats.forward_passes += 1
         runner = call.policies.runner if evict else DenseRunner()
         keys = _Keys(reusable=reusable, at_start=reusable | rows.as_mask(t), stale=self.eviction.evicted_keys == "stale")
-        mask = self._attention_mask(rows, keys.at_start)  # [B, L, T+1], rebuilt only when rows change
-        masked_rows = rows.take(masked_block) & rows.valid
-        rope = packed_rope(self.cfg, rows.pos, rows.packer)  # rebuilt only when rows change
-        views: dict[int, LayerView] = {}
-        computed: list[Tensor] = []  # per layer, 0-dim count of rows that really ran
-        counted: tuple[Tensor | None, Tensor | None] = (None, None)  # (computed mask, its count): rows often repeat
+        if call.row_tables is None or call.row_tables[0] is not planned:  # rebuilt when the rows change
+            call.row_tables = (planned, packed_rope(self.cfg, rows.pos, rows.packer), self._attention_rule(rows, t))
+        _, rope, rule = call.row_tables
+        mask = self._attention_mask(rows, keys.at_start, rule)  # [B, L, K]
         hooks = evict and bool(self.eviction)
         traced = call.recorder.layers if call.recorder is not None else ()
+        masked_rows = rows.take(masked_block) & rows.valid if hooks or traced else None  # what policies see
+        views: dict[int, LayerView] = {}
+        computed: list[int | Tensor] = []  # per layer, count of rows that really ran (host int, or 0-dim on the device)
+        counted: tuple[Tensor | None, Tensor | None] = (None, None)  # (computed mask, its count): rows often repeat
         # no cache, no eviction, and the rows are positions 0..K-1, every key they may reach: attention reads
         # the rows' own K/V and nothing is stored (LLaDA's and Fast-dLLM's uncached loops do the same)
         direct_kv = not hooks and not call.mode.reuses_kv and rows.span == (0, mask.shape[-1])
@@ -369,9 +384,12 @@ class DiffusionDecoder:
                 x, masked_width = replace(x, h=h, rows=rows, mask=mask, rope=rope), None
             out = runner.complete(x, proj)
             h = out.h
-            if out.computed is not counted[0]:
-                counted = (out.computed, out.computed.sum())
-            computed.append(counted[1])
+            if out.computed is rows.valid and rows.n_valid is not None:
+                computed.append(rows.n_valid)  # every row ran, and their count is known on the host
+            else:
+                if out.computed is not counted[0]:
+                    counted = (out.computed, out.computed.sum())
+                computed.append(counted[1])
             keep = self.eviction.after_layer(replace(lv, rows=rows, q=proj.q, k=proj.k, masked=masked_rows,
                                                      masked_width=masked_width), call.policies) if hooks else None
             if keep is not None:
@@ -379,7 +397,7 @@ class DiffusionDecoder:
                 masked_width = None
         if self.cfg_scale:  # both halves computed the same rows; h keeps both halves for _block_logits
             rows = Rows(rows.pos[:b], rows.valid[:b], span=rows.span)
-        return h, rows, views, torch.stack(computed)
+        return h, rows, views, computed
 
     def _unconditional(self, state: DecodeState) -> Tensor:
         """[B, T] tokens of the unconditional copy: the prompt positions hold the mask id (LLaDA's CFG)."""
@@ -414,19 +432,25 @@ class DiffusionDecoder:
         rope = packed_rope(self.cfg, rows.pos, rows.packer)
         return rows, h, proj, mask, masked_block.gather(1, rows.pos) & rows.valid, rope
 
-    def _attention_mask(self, rows: Rows, visible: Tensor) -> Tensor:
-        """[B, L, K] bool, True = row may attend the key: the family's rule over visible positions [B, T].
+    def _attention_rule(self, rows: Rows, positions: int) -> Tensor:
+        """[B, L, K] bool, True = the family's rule lets the row attend the key (`_attention_mask` adds visibility).
 
         K = the keys the rows' rule can reach (`Transformer.key_extent`: up to the last row's block
         end under block diffusion), when the rows' last position is known; else T+1 (the trash
         column, never visible). Attention reads only the first K keys of the cache.
         """
+        width = positions + 1 if rows.last_pos is None else self.model.key_extent(max(rows.last_pos, 0), positions)
+        return self.model.attention_rule(rows.pos, torch.arange(width, device=rows.pos.device)[None, :])
+
+    def _attention_mask(self, rows: Rows, visible: Tensor, rule: Tensor | None = None) -> Tensor:
+        """[B, L, K] bool, True = row may attend the key: the family's rule (`_attention_rule`, built here unless
+        given) over visible positions [B, T]."""
         t = visible.shape[1]
-        width = t + 1 if rows.last_pos is None else self.model.key_extent(max(rows.last_pos, 0), t)
-        key_pos = torch.arange(width, device=visible.device).expand(visible.shape[0], width)
+        rule = self._attention_rule(rows, t) if rule is None else rule
+        width = rule.shape[-1]
         # the trash column T is never visible: pad only when the keys reach it
         padded = (visible if width <= t else torch.nn.functional.pad(visible, (0, 1), value=False))[:, None, :width]
-        mask = self.model.attention_rule(rows.pos, key_pos) & padded
+        mask = rule & padded
         if rows.span is None:  # padding rows attend position 0 so softmax stays finite (a span has none)
             mask[:, :, 0] |= ~rows.valid
         return mask
@@ -447,54 +471,65 @@ class DiffusionDecoder:
         its left neighbour under Dream's shift) survived every layer.
         """
         shift = int(self.cfg.logit_shift)
-        row_of = rows.rows_at((block_pos - shift).clamp(min=0), state.x.shape[1])  # [B, S], -1 = no row
-        index = row_of.clamp(min=0)[:, :, None].expand(-1, -1, h.shape[-1])
+        if rows.span is not None and not self.eviction:
+            # every masked position's row was computed (no eviction), so its row is its offset in the span
+            index = (block_pos - (rows.span[0] + shift)).clamp(0, rows.pos.shape[1] - 1)  # [B, S]
+            candidates = masked
+        else:
+            row_of = rows.rows_at((block_pos - shift).clamp(min=0), state.x.shape[1])  # [B, S], -1 = no row
+            index, candidates = row_of.clamp(min=0), masked & (row_of >= 0)
+        index = index[:, :, None].expand(-1, -1, h.shape[-1])
         if self.cfg_scale:  # h [2B, L, C]: conditional half, then unconditional half
             cond, un = (self.model.logits(half.gather(1, index)).float() for half in h.chunk(2))
-            logits = un + (self.cfg_scale + 1.0) * (cond - un)
+            raw = un + (self.cfg_scale + 1.0) * (cond - un)
         else:
-            logits = self.model.logits(h.gather(1, index)).float()
-        candidates = masked & (row_of >= 0)
-        # [B]: a candidate's logits hold NaN/Inf; read by _apply within its one host sync per step
-        state.bad_logits = (~logits.isfinite().all(-1) & candidates).any(1)
+            raw = self.model.logits(h.gather(1, index)).float()
+        # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the flag in its one host
+        # sync per step and names the sequences only then
+        state.logit_check = (raw.sum().isfinite(), raw)
+        logits = raw.clone()
         logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
         return logits, candidates
 
     def _apply(self, state: DecodeState, call: _Call, block_pos: Tensor, chosen: Tensor, tokens: Tensor,
-               stuck: Tensor, computed: Tensor) -> bool:
+               stuck: Tensor | None, computed: list[int | Tensor]) -> bool:
         """Commit the chosen tokens (`DecodeState.commit`: blocks, step counters, done flags), plan the next
         step's rows, then check the step and count it; returns True when every sequence is done.
 
-        stuck [B]: from `_decide`; computed [n_layers]: row counts from `_run_layers`. The step's one
-        host sync reads them with the commit counts, the done flag and the next rows' sizes (a failed
+        stuck [B] (or None): from `_decide`; computed: row counts per layer from `_run_layers`. The step's one
+        host sync reads them with the commit and done counts and the next rows' sizes (a failed
         check raises after the writes: the call's state is dropped with it, so nothing reaches the caller).
         """
         stats = call.stats
-        active = ~state.done
-        bad = state.bad_logits if state.bad_logits is not None else torch.zeros_like(active)
+        finite, logits = state.logit_check
         state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if call.stop_at_eos else ())
         *planned, sizes = self._next_rows(state, call)
-        counts = torch.stack([chosen.sum(), active.sum(), bad.sum(), stuck.sum(), state.done.all().long()])
-        n, n_active, n_bad, n_stuck, all_done, *per_layer = torch.cat([counts, computed, sizes]).tolist()  # the one sync
-        per_layer, next_sizes = per_layer[:-len(sizes)], per_layer[-len(sizes):]
+        counts = [chosen.sum(), finite, state.done.sum()] + ([] if stuck is None else [stuck.sum()])
+        on_device = [c for c in computed if isinstance(c, Tensor)]
+        n, all_finite, n_done, *read = torch.cat([torch.stack(counts + on_device), sizes]).tolist()  # the one sync
+        n_stuck = read.pop(0) if stuck is not None else 0
+        read, next_sizes = iter(read[:len(on_device)]), read[len(on_device):]
         if n_stuck:
             raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
                                "predicts them survived this step (an eviction policy must keep at least one masked row)")
-        if n_bad:
+        if not all_finite:
+            bad = ~logits.isfinite().flatten(1).all(1)  # [B]
             raise FloatingPointError(
                 f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences "
                 f"{bad.nonzero().flatten().tolist()} of the batch; nothing was committed. The weights or the "
                 "activations overflowed: check the checkpoint (load_model checks it unless check_finite=False) "
                 "and the dtype")
-        for i, rows in enumerate(per_layer):
+        for i, c in enumerate(computed):
+            rows = next(read) if isinstance(c, Tensor) else c
             stats.row_layers += rows
             stats.row_layers_per_layer[i] += rows
         stats.tokens_committed += n
         stats.committed_per_step.append(n)
-        stats.sequence_steps += n_active
+        stats.sequence_steps += call.n_active
         stats.steps += 1
-        call.plan = None if all_done else _Plan.read(*planned, next_sizes)
-        return bool(all_done)
+        call.n_active = state.done.shape[0] - n_done
+        call.plan = None if not call.n_active else _Plan.read(*planned, next_sizes, call.plan)
+        return not call.n_active
 
     # -- setup -------------------------------------------------------------------
 

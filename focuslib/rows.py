@@ -65,26 +65,34 @@ class Rows:
         return cls.from_stats(mask, cls.stats(mask).tolist())
 
     @staticmethod
-    def stats(mask: Tensor) -> Tensor:
+    def stats(mask: Tensor, at: Tensor | None = None) -> Tensor:
         """[5] long, on the device: what `from_stats` needs to know of mask [B, T] on the host.
 
         Read it alone (`from_mask`) or together with other counters, in one host sync.
+        at: arange(T) when the caller keeps one.
         """
         if not mask.numel():
             return torch.zeros(5, dtype=torch.long, device=mask.device)
         counts = mask.sum(1)
-        at = torch.arange(mask.shape[1], device=mask.device)
-        return torch.stack([counts.max(), counts.sum(), torch.where(mask, at, -1).max(), counts.min(),
-                            torch.where(mask, at, mask.shape[1]).min()])
+        at = torch.arange(mask.shape[1], device=mask.device) if at is None else at
+        fewest, most = torch.aminmax(counts)
+        return torch.stack([most, counts.sum(), torch.where(mask, at, -1).amax(), fewest,
+                            torch.where(mask, at, mask.shape[1]).amin()])
 
     @classmethod
-    def from_stats(cls, mask: Tensor, stats: list[int]) -> "Rows":
-        """Rows for the True entries of mask [B, T], given `stats(mask)` read on the host (no sync)."""
+    def from_stats(cls, mask: Tensor, stats: list[int], last_rows: "Rows | None" = None) -> "Rows":
+        """Rows for the True entries of mask [B, T], given `stats(mask)` read on the host (no sync).
+
+        last_rows: rows of an earlier step, returned as they are (with their cached masks and
+        packer) when both are the same span of the same batch.
+        """
         b, _ = mask.shape
         if not mask.numel():
             return cls(*compact_rows(mask, 0), 0, -1)
         width, total, last, fewest, first = stats
         if fewest == width == last - first + 1:  # each sequence holds width positions in a range of width
+            if last_rows is not None and last_rows.span == (first, last + 1) and last_rows.pos.shape[0] == b:
+                return last_rows
             pos = torch.arange(first, last + 1, device=mask.device).expand(b, width)
             return cls(pos, torch.ones(b, width, dtype=torch.bool, device=mask.device), total, last, (first, last + 1))
         index, valid = compact_rows(mask, width)

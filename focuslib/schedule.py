@@ -37,7 +37,8 @@ class DecodeState:
     span: int  # positions per block
     mask_id: int
     block_diffusion: bool  # blocks on the absolute grid (SDAR-like) rather than from each prompt's end
-    bad_logits: Tensor | None = None  # [B] bool, set by the decoder: a candidate's logits held NaN/Inf
+    # set by the decoder at each step: (0-dim bool: the block's logits are finite, those logits [B, S, V])
+    logit_check: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def start(cls, ids: list[list[int]], gen_length: int, *, mask_id: int, pad_id: int, block_size: int | None,
@@ -47,6 +48,8 @@ class DecodeState:
         block_size: positions per block (block-diffusion families: their own, on the absolute grid;
         others: a semi-autoregressive block from each prompt's end, None = the whole generation).
         """
+        if pad_id == mask_id:
+            raise ValueError(f"pad_id must differ from mask_id ({mask_id}): padding would read as masked positions")
         b = len(ids)
         prompt_len = torch.tensor([len(p) for p in ids], device=device)
         t = int(prompt_len.max()) + gen_length
@@ -78,10 +81,32 @@ class DecodeState:
         cur = self.current_block[:, None]
         return BlockView(
             in_sequence=self.in_sequence, decoded=self.x != self.mask_id,
-            before_block_end=self.block_id <= cur, in_block=(self.block_id == cur) & self.in_sequence,
+            before_block_end=self.block_id <= cur, in_block=self._block_in_sequence == cur,
             block_start_step=self.block_changed, block_last=self.block_last,
             in_finished_block=self.block_id < cur,
         )
+
+    @cached_property
+    def _block_in_sequence(self) -> Tensor:
+        """[B, T] block of each position of the sequence, -2 (no block) outside it (fixed for a call)."""
+        return self.block_id.masked_fill(~self.in_sequence, -2)
+
+    @cached_property
+    def _padded(self) -> list[Tensor]:
+        """x and committed_step with a trash column T appended ([B, T+1]): commits of unchosen slots land there.
+
+        `x` and `committed_step` are views of these (column T left out) once a step has committed."""
+        return [torch.nn.functional.pad(self.x, (0, 1)), torch.nn.functional.pad(self.committed_step, (0, 1))]
+
+    @cached_property
+    def positions(self) -> Tensor:
+        """[T] long: 0..T-1, the positions (built once per call)."""
+        return torch.arange(self.x.shape[1], device=self.x.device)
+
+    @cached_property
+    def _generation(self) -> Tensor:
+        """[B, T] True = a generation position of the sequence (fixed for a call)."""
+        return self.in_sequence & (self.positions >= self.prompt_len[:, None])
 
     @cached_property
     def block_last(self) -> Tensor:
@@ -102,26 +127,25 @@ class DecodeState:
         counters and done flags on. eos_ids non-empty: a sequence is also done once an EOS is generated with
         nothing masked before it."""
         t = self.x.shape[1]
-        slot = torch.where(chosen, block_pos, t)  # [B, S]: slots not committed write to a trash column
-        self.x = torch.nn.functional.pad(self.x, (0, 1)).scatter_(1, slot, tokens)[:, :t].contiguous()
-        self.committed_step = torch.nn.functional.pad(self.committed_step, (0, 1)).scatter_(
-            1, slot, torch.full_like(slot, step))[:, :t].contiguous()
-        masked = (self.x == self.mask_id) & self.in_sequence
-        block = torch.where(masked, self.block_id, _NO_BLOCK).min(1).values
+        slot = torch.where(chosen, block_pos, t)  # [B, S]: slots not committed write to the trash column
+        x, committed = self._padded
+        self._padded = [x.scatter(1, slot, tokens), committed.scatter(1, slot, step)]  # new tensors: views stay valid
+        self.x, self.committed_step = (padded[:, :t] for padded in self._padded)
+        masked = self.x == self.mask_id  # [B, T]; padding is never the mask id
+        block = torch.where(masked, self.block_id, _NO_BLOCK).amin(1)
         self.block_changed = block != self.current_block
         self.step_in_block = torch.where(self.block_changed, 0, self.step_in_block + 1)
         in_new_block = masked & (self.block_id == block[:, None])
         self.masked_at_block_start = torch.where(self.block_changed, in_new_block.sum(1), self.masked_at_block_start)
         self.current_block = block
-        self.done = ~masked.any(1)
+        self.done = block == _NO_BLOCK  # nothing masked left
         if eos_ids:
             self.done |= self._eos_reached(masked, eos_ids)
 
     def _eos_reached(self, masked: Tensor, eos_ids: tuple[int, ...]) -> Tensor:
         """[B] True = an EOS was generated with nothing masked before it."""
         t = self.x.shape[1]
-        gen = self.in_sequence & (torch.arange(t, device=self.x.device) >= self.prompt_len[:, None])
-        eos = torch.isin(self.x, torch.tensor(eos_ids, device=self.x.device)) & gen
+        eos = torch.isin(self.x, torch.tensor(eos_ids, device=self.x.device)) & self._generation
         first_eos = torch.where(eos.any(1), eos.float().argmax(1), t)
         first_mask = torch.where(masked.any(1), masked.float().argmax(1), t)
         return eos.any(1) & (first_mask > first_eos)

@@ -274,9 +274,10 @@ def observed(probe: Probe):
         in_block = step.in_block(torch.arange(t).expand_as(state.x))
         masked_block = call.plan.masked_block.clone()
         out = run_layers(self, *args, **kwargs)
+        per_layer = [int(c) for c in out[3]]  # rows per layer (host ints or 0-dim tensors)
         probe.layer_runs.append(dict(
             evict=a.get("evict", True), rows_in=rows_in, rows_out=out[1].as_mask(t).clone(), in_block=in_block,
-            masked_block=masked_block, row_layers=int(out[3].sum()), per_layer=out[3].tolist()))  # rows per layer
+            masked_block=masked_block, row_layers=sum(per_layer), per_layer=per_layer))
         return out
 
     with mock.patch.object(DiffusionDecoder, "_apply", wrapped_apply), \

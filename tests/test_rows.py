@@ -51,3 +51,14 @@ def test_kv_write_of_a_span_is_the_scatter_it_replaces():
     fast.write(rows.pos, rows.valid, k, v, rows.span)
     slow.write(rows.pos, rows.valid, k, v)
     assert rows.span == (2, 6) and torch.equal(fast.k, slow.k) and torch.equal(fast.v, slow.v)
+
+
+def test_a_plan_reuses_the_last_rows_only_for_the_same_span():
+    """Rows of an unchanged span are handed back as they are (their masks, packer and the decoder's RoPE
+    tables with them); any other set of rows is built afresh."""
+    same = _mask(12, (4, 9), (4, 9))
+    last = Rows.from_mask(same)
+    assert Rows.from_stats(same, Rows.stats(same).tolist(), last) is last
+    for other in (_mask(12, (4, 10), (4, 10)), _mask(12, (4, 9)), _mask(12, (4, 9), (4, 8))):
+        rows = Rows.from_stats(other, Rows.stats(other).tolist(), last)
+        assert rows is not last and torch.equal(rows.as_mask(12), other)

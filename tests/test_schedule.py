@@ -36,3 +36,23 @@ def test_semi_autoregressive_blocks_start_at_each_prompt_end_and_eos_finishes():
     # sequence 0: EOS with nothing masked before it -> done; sequence 1: masks left, no EOS -> not done
     assert s.done.tolist() == [True, False]
     assert s.current_block.tolist() == [0, 1]
+
+
+def test_padding_may_not_be_the_mask_id():
+    """The scheduler reads "masked" as x == mask_id, so padding after a short prompt must be another id."""
+    import pytest
+    with pytest.raises(ValueError, match="pad_id must differ from mask_id"):
+        DecodeState.start([[1], [1, 2]], 3, mask_id=M, pad_id=M, block_size=2, block_diffusion=True)
+
+
+def test_a_model_whose_pad_id_is_its_mask_id_pads_with_another_id():
+    from focuslib import DiffusionDecoder
+    from focuslib.policies.unmasking import LowConfidence
+    from focuslib.testing import tiny_model
+
+    model = tiny_model("sdar")
+    clash = tiny_model("sdar", pad_id=model.cfg.mask_id)
+    clash.load_state_dict(model.state_dict())
+    ref, out = (DiffusionDecoder(m, LowConfidence()).generate([[3, 4, 5], [6]], gen_length=8, steps=8)
+                for m in (model, clash))
+    assert out.sequences == ref.sequences and ref.stats.steps == out.stats.steps

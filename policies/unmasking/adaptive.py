@@ -45,10 +45,10 @@ class Threshold(UnmaskingPolicy):
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
         # the candidates above the bar; in a row with none, its most confident candidate (left-most on ties)
-        confident = candidates & (proposal.confidence >= self.threshold)
-        best = torch.where(candidates, proposal.confidence, -1.0).argmax(-1, keepdim=True)  # [B, 1], first max
-        fallback = torch.zeros_like(candidates).scatter_(-1, best, True) & ~confident.any(-1, keepdim=True)
-        return confident | (fallback & candidates)
+        conf = torch.where(candidates, proposal.confidence, -1.0)  # [B, L]; threshold > 0 > -1
+        confident = conf >= self.threshold
+        best = torch.zeros_like(candidates).scatter_(-1, conf.argmax(-1, keepdim=True), True)  # first max
+        return confident | (best & candidates & ~confident.any(-1, keepdim=True))
 
 
 class Factor(UnmaskingPolicy):

@@ -208,7 +208,7 @@ def propose(
     """
     if banned:
         logits = logits.index_fill(-1, torch.as_tensor(list(banned), device=logits.device), float("-inf"))
-    log_probs = logits.float().log_softmax(dim=-1)  # [B, L, V]
+    log_probs = (logits if logits.dtype == torch.float32 else logits.float()).log_softmax(dim=-1)  # [B, L, V]
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)  # [B, L]
     else:
@@ -220,7 +220,7 @@ def propose(
         ids = torch.as_tensor(list(unconfident), device=logits.device)
         ranked = logits.float().index_fill(-1, ids, float("-inf")).log_softmax(dim=-1)  # NaN: nothing else left
         confidence = ranked.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp().nan_to_num(0.0)
-    confidence = confidence.masked_fill(~candidates, 0.0)
+    confidence = torch.where(candidates, confidence, 0.0)
     return Proposal(tokens=tokens, confidence=confidence, log_probs=log_probs)
 
 
