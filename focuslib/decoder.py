@@ -189,6 +189,7 @@ class DiffusionDecoder:
                              "need its own eviction decisions; decode with guidance without eviction")
         self.cfg_scale = float(cfg_scale)
         self.eos_ids, self.eot_ids = special_ids(cfg)
+        self._mask_token_of: dict[torch.device, Tensor] = {}  # `_mask_token`
 
     # -- public ------------------------------------------------------------------
 
@@ -278,12 +279,12 @@ class DiffusionDecoder:
         """What the next step computes: (block view, need [B, T], masked_block [B, T], sizes [6]);
         sizes, on the device, are `Rows.stats` of need and the most masked rows of a sequence (`_Plan.read`)."""
         view = state.view()
-        active = ~state.done
+        active = state.active[:, None]
         need = call.mode.rows(view)
         if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
             need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
-        need = need & active[:, None]
-        masked_block = view.in_block & ~view.decoded & active[:, None]
+        need = need & active
+        masked_block = view.in_block & state.masked & active
         sizes = Rows.stats(need, state.positions)
         if self.eviction or call.recorder is not None:  # the widest masked rows: what FOCUS's kernels pack
             sizes = torch.cat([sizes, (need & masked_block).sum(1).max()[None]])
@@ -327,7 +328,7 @@ class DiffusionDecoder:
         return StepView(step=index, tokens=state.x, mask_id=self.cfg.mask_id, prompt_len=state.prompt_len,
                         block_start=state.block_start(), span=state.span, step_in_block=state.step_in_block,
                         masked_at_block_start=state.masked_at_block_start, n_masked=masked_block.sum(1),
-                        active=~state.done, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
+                        active=state.active, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
 
     def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
                     evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView], list[int | Tensor]]:
@@ -487,9 +488,16 @@ class DiffusionDecoder:
         # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the flag in its one host
         # sync per step and names the sequences only then
         state.logit_check = (raw.sum().isfinite(), raw)
-        logits = raw.clone()
-        logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
-        return logits, candidates
+        # committing the mask token would never finish the block
+        return raw.masked_fill(self._mask_token(raw), float("-inf")), candidates
+
+    def _mask_token(self, logits: Tensor) -> Tensor:
+        """[V] bool, True at the mask id, on the logits' device (built once per device)."""
+        if self._mask_token_of.get(logits.device) is None:
+            one_hot = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            self._mask_token_of[logits.device] = one_hot.index_fill_(0, torch.tensor([self.cfg.mask_id],
+                                                                                    device=logits.device), True)
+        return self._mask_token_of[logits.device]
 
     def _apply(self, state: DecodeState, call: _Call, block_pos: Tensor, chosen: Tensor, tokens: Tensor,
                stuck: Tensor | None, computed: list[int | Tensor]) -> bool:

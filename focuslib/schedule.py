@@ -25,6 +25,7 @@ class DecodeState:
     """Everything that changes during decoding. [B, T] tensors are indexed by absolute position."""
 
     x: Tensor  # [B, T] long tokens
+    masked: Tensor  # [B, T] bool, x == mask_id (padding never holds the mask id)
     in_sequence: Tensor  # [B, T] bool, True = prompt or generation position of this sequence
     block_id: Tensor  # [B, T] long, block of each position (-1 for prompt rows of full-attention families)
     prompt_len: Tensor  # [B]
@@ -33,6 +34,7 @@ class DecodeState:
     step_in_block: Tensor  # [B] long
     masked_at_block_start: Tensor  # [B] long
     done: Tensor  # [B] bool
+    active: Tensor  # [B] bool, ~done
     block_changed: Tensor  # [B] bool, True = current block started at this step
     span: int  # positions per block
     mask_id: int
@@ -67,11 +69,11 @@ class DecodeState:
         masked = x == mask_id
         first = torch.where(masked, block_id, _NO_BLOCK).min(1).values
         return cls(
-            x=x, in_sequence=in_sequence, block_id=block_id, prompt_len=prompt_len,
+            x=x, masked=masked, in_sequence=in_sequence, block_id=block_id, prompt_len=prompt_len,
             committed_step=torch.full((b, t), NOT_COMMITTED, device=device), current_block=first,
             step_in_block=torch.zeros(b, dtype=torch.long, device=device),
             masked_at_block_start=(masked & (block_id == first[:, None])).sum(1),
-            done=torch.zeros(b, dtype=torch.bool, device=device),
+            done=torch.zeros(b, dtype=torch.bool, device=device), active=torch.ones(b, dtype=torch.bool, device=device),
             block_changed=torch.ones(b, dtype=torch.bool, device=device),
             span=span, mask_id=mask_id, block_diffusion=block_diffusion,
         )
@@ -131,7 +133,7 @@ class DecodeState:
         x, committed = self._padded
         self._padded = [x.scatter(1, slot, tokens), committed.scatter(1, slot, step)]  # new tensors: views stay valid
         self.x, self.committed_step = (padded[:, :t] for padded in self._padded)
-        masked = self.x == self.mask_id  # [B, T]; padding is never the mask id
+        self.masked = masked = self.x == self.mask_id  # [B, T]; padding is never the mask id
         block = torch.where(masked, self.block_id, _NO_BLOCK).amin(1)
         self.block_changed = block != self.current_block
         self.step_in_block = torch.where(self.block_changed, 0, self.step_in_block + 1)
@@ -141,6 +143,7 @@ class DecodeState:
         self.done = block == _NO_BLOCK  # nothing masked left
         if eos_ids:
             self.done |= self._eos_reached(masked, eos_ids)
+        self.active = ~self.done
 
     def _eos_reached(self, masked: Tensor, eos_ids: tuple[int, ...]) -> Tensor:
         """[B] True = an EOS was generated with nothing masked before it."""
