@@ -189,7 +189,6 @@ class DiffusionDecoder:
                              "need its own eviction decisions; decode with guidance without eviction")
         self.cfg_scale = float(cfg_scale)
         self.eos_ids, self.eot_ids = special_ids(cfg)
-        self._mask_token_of: dict[torch.device, Tensor] = {}  # `_mask_token`
 
     # -- public ------------------------------------------------------------------
 
@@ -488,16 +487,9 @@ class DiffusionDecoder:
         # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the flag in its one host
         # sync per step and names the sequences only then
         state.logit_check = (raw.sum().isfinite(), raw)
-        # committing the mask token would never finish the block
-        return raw.masked_fill(self._mask_token(raw), float("-inf")), candidates
-
-    def _mask_token(self, logits: Tensor) -> Tensor:
-        """[V] bool, True at the mask id, on the logits' device (built once per device)."""
-        if self._mask_token_of.get(logits.device) is None:
-            one_hot = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            self._mask_token_of[logits.device] = one_hot.index_fill_(0, torch.tensor([self.cfg.mask_id],
-                                                                                    device=logits.device), True)
-        return self._mask_token_of[logits.device]
+        logits = raw.clone()
+        logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
+        return logits, candidates
 
     def _apply(self, state: DecodeState, call: _Call, block_pos: Tensor, chosen: Tensor, tokens: Tensor,
                stuck: Tensor | None, computed: list[int | Tensor]) -> bool:
