@@ -50,6 +50,7 @@ class StepView:
     active: Tensor  # [B] bool, False = sequence finished
     logit_shift: int = 0  # 1 for Dream: position p is predicted by the row at p - 1
     last_budgeted: Tensor | None = None  # [B] bool, this is the block's last scheduled step (None: no schedule)
+    slots: tuple[Tensor, Tensor] | None = None  # `block_slots()` when the decoder already holds them
 
     @property
     def positions(self) -> int:
@@ -57,6 +58,8 @@ class StepView:
 
     def block_slots(self) -> tuple[Tensor, Tensor]:
         """Absolute positions [B, S] of the current block's slots, and [B, S] True = slot is inside the sequence tensor."""
+        if self.slots is not None:
+            return self.slots
         return block_positions(self.block_start, self.span, self.positions)
 
     def in_block(self, pos: Tensor) -> Tensor:

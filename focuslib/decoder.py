@@ -25,6 +25,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Sequence
 
 import torch
@@ -37,7 +38,7 @@ from focuslib.families import get_family
 from focuslib.layer import DenseRunner, packed_rope
 from focuslib.model import Transformer
 from focuslib.requests import encode_prompts, n_blocks, request_problems
-from focuslib.rows import Rows
+from focuslib.rows import Rows, block_positions
 from focuslib.schedule import DecodeState
 from focuslib.trace import TraceRecorder
 from focuslib.kernels import gather_rows
@@ -88,9 +89,35 @@ class DecodeStats:
 class _Keys:
     """Which key positions [B, T] a step's rows may attend before and after rows are evicted."""
 
-    reusable: Tensor  # cached K/V the cache mode lets this step reuse
-    at_start: Tensor  # reusable plus every row computed at this step
+    cached: Tensor  # cached K/V the cache mode lets this step reuse (some may be recomputed at this step)
+    computed: Tensor  # every row computed at this step
+    at_start: Tensor  # cached | computed
     stale: bool  # evicted rows stay visible as stale keys (FOCUS) instead of vanishing
+
+    @cached_property
+    def reusable(self) -> Tensor:
+        """Cached K/V of positions not computed at this step (what stays visible of the cache after eviction)."""
+        return self.cached & ~self.computed
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """The current blocks' slots, kept while no block start moves (the starts are read in each step's sync)."""
+
+    starts: tuple[int, ...]  # first position of every sequence's current block, on the host
+    pos: Tensor  # [B, S] long, absolute positions of the slots (clamped to T - 1)
+    in_range: Tensor  # [B, S] bool, True = slot < T
+    fits: bool  # every slot < T (in_range is all True)
+
+    @classmethod
+    def of(cls, block_start: Tensor, starts: tuple[int, ...], span: int, positions: int) -> "_Slots":
+        pos, in_range = block_positions(block_start, span, positions)
+        return cls(starts, pos, in_range, max(starts) + span <= positions)
+
+    @property
+    def common_start(self) -> int | None:
+        """The block start every sequence shares (always at batch 1), else None."""
+        return self.starts[0] if min(self.starts) == max(self.starts) else None
 
 
 @dataclass
@@ -122,6 +149,7 @@ class _Call:
     plan: "_Plan | None" = None  # the next step's rows, planned when the last step committed
     # the last planned rows, their RoPE tables and their attention rule (`_attention_rule`)
     row_tables: tuple[Rows, tuple[Tensor, Tensor], Tensor] | None = None
+    slots: _Slots | None = None  # the current blocks' slots, rebuilt when a block start moves
     n_active: int = 0  # sequences not done at the start of the step (read in the last step's sync)
 
 
@@ -132,17 +160,22 @@ class _Plan:
     view: BlockView
     need: Tensor  # [B, T] bool, positions the cache mode needs computed
     masked_block: Tensor  # [B, T] bool, masked positions of the current blocks (what may be committed)
+    block_start: Tensor  # [B] long, first position of each sequence's current block
+    starts: tuple[int, ...]  # block_start on the host
     rows: Rows  # the True entries of need
     masked_width: int | None  # most masked rows of any sequence among the rows (`LayerView.masked_width`)
 
     @classmethod
-    def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, sizes: list[int],
+    def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, block_start: Tensor, sizes: list[int],
              last: "_Plan | None" = None) -> "_Plan":
-        """The plan from `_next_rows`'s tensors and their sizes as read on the host; the last plan's rows
-        are reused when they are the same span (with their masks, packer and RoPE tables)."""
-        row_sizes, masked_width = sizes[:5], (sizes[5] if len(sizes) > 5 else None)
-        return cls(view, need, masked_block, Rows.from_stats(need, row_sizes, last.rows if last else None),
-                   masked_width)
+        """The plan from `_next_rows`'s tensors and their sizes as read on the host ([row stats (5), masked
+        width (eviction or traces), block starts (B)]); the last plan's rows are reused when they are the
+        same span (with their masks, packer and RoPE tables)."""
+        b = block_start.shape[0]
+        sizes, starts = sizes[:-b], tuple(sizes[-b:])
+        masked_width = sizes[5] if len(sizes) > 5 else None
+        return cls(view, need, masked_block, block_start, starts,
+                   Rows.from_stats(need, sizes[:5], last.rows if last else None), masked_width)
 
 
 class DiffusionDecoder:
@@ -237,7 +270,7 @@ class DiffusionDecoder:
         finished = bool(state.done.all())
         if not finished:
             *planned, sizes = self._next_rows(state, call)
-            call.plan = _Plan.read(*planned, sizes.tolist())
+            call.plan = _Plan.read(*planned, torch.cat(sizes).tolist())
             call.n_active = b
         while not finished:
             finished = self._step(state, call)
@@ -249,22 +282,28 @@ class DiffusionDecoder:
     def _step(self, state: DecodeState, call: _Call) -> bool:
         """One forward pass and its commits; True when every sequence is done."""
         plan = call.plan
-        view, need, rows, masked_block = plan.view, plan.need, plan.rows, plan.masked_block
+        view, rows, masked_block = plan.view, plan.rows, plan.masked_block
         t = state.x.shape[1]
-        reusable = call.mode.reusable(view) & ~need  # K/V of positions not computed at this step
-        step = self._step_view(state, masked_block, call.stats.steps, call.steps_per_block)
-        block_pos, in_range = step.block_slots()
-        masked = masked_block.gather(1, block_pos) & in_range  # [B, S]
+        cached = call.mode.reusable(view)  # K/V the mode lets this step reuse
+        if call.slots is None or call.slots.starts != plan.starts:
+            call.slots = _Slots.of(plan.block_start, plan.starts, state.span, t)
+        slots = call.slots
+        step = self._step_view(state, plan, call.stats.steps, call.steps_per_block, slots)
+        block_pos = slots.pos
+        masked = masked_block.gather(1, block_pos)  # [B, S]
+        if not slots.fits:
+            masked &= slots.in_range
         ctx = StepContext(step=state.step_in_block, steps_per_block=call.steps_per_block,
                           n_masked_at_block_start=state.masked_at_block_start, generators=call.generators,
                           eos_ids=self.eos_ids, eot_ids=self.eot_ids)
         dense = None
         if self.eviction.needs_dense_commits or call.dense_labels:  # analysis only: the dense step first
-            dense = self._dense_commits(state, call, step, rows, reusable, masked, ctx)
+            dense = self._dense_commits(state, call, step, rows, cached, masked, ctx)
             self.eviction.see_dense_commits(dense, call.policies)
-        h, rows, views, computed = self._run_layers(state, call, step, rows, reusable)
+        h, rows, views, computed = self._run_layers(state, call, step, rows, cached)
         call.mode.update(view, rows.as_mask(t))
-        commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
+        commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block,
+                                                         slots.common_start)
         if self.eviction:
             self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
                                                 confidence=commit.confidence, committed=chosen), call.policies)
@@ -274,9 +313,10 @@ class DiffusionDecoder:
                                          **({"dense_commit": dense} if call.dense_labels else {})})
         return self._apply(state, call, block_pos, chosen, commit.tokens, stuck, computed)
 
-    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor]:
-        """What the next step computes: (block view, need [B, T], masked_block [B, T], sizes [6]);
-        sizes, on the device, are `Rows.stats` of need and the most masked rows of a sequence (`_Plan.read`)."""
+    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor, list[Tensor]]:
+        """What the next step computes: (block view, need [B, T], masked_block [B, T], block_start [B], sizes);
+        sizes, 1-D on the device, are `Rows.stats` of need, the most masked rows of a sequence (eviction or
+        traces) and block_start, to be read in one host sync (`_Plan.read`)."""
         view = state.view()
         active = state.active[:, None]
         need = call.mode.rows(view)
@@ -284,17 +324,19 @@ class DiffusionDecoder:
             need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
         need = need & active
         masked_block = view.in_block & state.masked & active
-        sizes = Rows.stats(need, state.positions)
+        sizes = Rows.stats(need, state.ends_table)
         if self.eviction or call.recorder is not None:  # the widest masked rows: what FOCUS's kernels pack
-            sizes = torch.cat([sizes, (need & masked_block).sum(1).max()[None]])
-        return view, need, masked_block, sizes
+            sizes.append((need & masked_block).sum(1).max()[None])
+        block_start = state.block_start()
+        return view, need, masked_block, block_start, [*sizes, block_start]
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
-                ctx: StepContext, steps_per_block: int | None) -> tuple[Any, Tensor, Tensor, Tensor | None]:
+                ctx: StepContext, steps_per_block: int | None, start: int | None = None
+                ) -> tuple[Any, Tensor, Tensor, Tensor | None]:
         """The unmasking decision: (policy's Commit, candidates [B, S], chosen [B, S] = slots committed now,
         stuck [B] = masked positions left but no row predicting them: `_apply` raises, after its one host sync;
-        None without eviction, where every masked position's row is computed)."""
-        logits, candidates = self._block_logits(state, h, rows, block_pos, masked)
+        None without eviction, where every masked position's row is computed). start: `_Slots.common_start`."""
+        logits, candidates = self._block_logits(state, h, rows, block_pos, masked, start)
         stuck = masked.any(1) & ~candidates.any(1) if self.eviction else None
         commit = self.unmasking(logits, candidates, ctx)
         chosen = commit.commit & candidates
@@ -302,7 +344,7 @@ class DiffusionDecoder:
             chosen |= candidates & (state.step_in_block >= steps_per_block - 1)[:, None]
         return commit, candidates, chosen, stuck
 
-    def _dense_commits(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
+    def _dense_commits(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, cached: Tensor,
                        masked: Tensor, ctx: StepContext) -> Tensor:
         """[B, T] bool: positions that dense decoding (no eviction) would commit at this step.
 
@@ -311,7 +353,7 @@ class DiffusionDecoder:
         """
         preview = replace(call, cache=call.cache.clone(), recorder=None,
                           stats=DecodeStats(row_layers_per_layer=[0] * self.cfg.n_layers))
-        h, rows, _, _ = self._run_layers(state, preview, step, rows, reusable, evict=False)
+        h, rows, _, _ = self._run_layers(state, preview, step, rows, cached, evict=False)
         if ctx.generators is not None:
             ctx = replace(ctx, generators=tuple(torch.Generator(device=g.device).set_state(g.get_state())
                                                 for g in ctx.generators))
@@ -320,16 +362,17 @@ class DiffusionDecoder:
         out = torch.zeros(state.x.shape[0], state.x.shape[1] + 1, dtype=torch.bool, device=state.x.device)
         return out.scatter_(1, torch.where(chosen, block_pos, state.x.shape[1]), chosen)[:, :-1]
 
-    def _step_view(self, state: DecodeState, masked_block: Tensor, index: int,
-                   steps_per_block: int | None) -> StepView:
+    def _step_view(self, state: DecodeState, plan: _Plan, index: int, steps_per_block: int | None,
+                   slots: _Slots) -> StepView:
         """The frozen view of this step that policies receive."""
         last = None if steps_per_block is None else state.step_in_block >= steps_per_block - 1
         return StepView(step=index, tokens=state.x, mask_id=self.cfg.mask_id, prompt_len=state.prompt_len,
-                        block_start=state.block_start(), span=state.span, step_in_block=state.step_in_block,
-                        masked_at_block_start=state.masked_at_block_start, n_masked=masked_block.sum(1),
-                        active=state.active, logit_shift=int(self.cfg.logit_shift), last_budgeted=last)
+                        block_start=plan.block_start, span=state.span, step_in_block=state.step_in_block,
+                        masked_at_block_start=state.masked_at_block_start, n_masked=plan.masked_block.sum(1),
+                        active=state.active, logit_shift=int(self.cfg.logit_shift), last_budgeted=last,
+                        slots=(slots.pos, slots.in_range))
 
-    def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, reusable: Tensor,
+    def _run_layers(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, cached: Tensor,
                     evict: bool = True) -> tuple[Tensor, Rows, dict[int, LayerView], list[int | Tensor]]:
         """Run every layer over `rows`; eviction may shrink the rows at each layer's two eviction points.
 
@@ -349,11 +392,13 @@ class DiffusionDecoder:
             tokens, answer_start = torch.cat([tokens, self._unconditional(state)]), answer_start.repeat(2)
             rows = Rows(rows.pos.repeat(2, 1), rows.valid.repeat(2, 1),
                         None if rows.n_valid is None else 2 * rows.n_valid, rows.last_pos, rows.span)
-            reusable, masked_block = reusable.repeat(2, 1), masked_block.repeat(2, 1)
+            cached, masked_block = cached.repeat(2, 1), masked_block.repeat(2, 1)
         h = self.model.embed_rows(rows.take(tokens), rows.pos, answer_start)  # [B, L, C] ([2B, ...] guided)
         call.stats.forward_passes += 1
         runner = call.policies.runner if evict else DenseRunner()
-        keys = _Keys(reusable=reusable, at_start=reusable | rows.as_mask(t), stale=self.eviction.evicted_keys == "stale")
+        computed_rows = rows.as_mask(t)
+        keys = _Keys(cached=cached, computed=computed_rows, at_start=cached | computed_rows,
+                     stale=self.eviction.evicted_keys == "stale")
         if call.row_tables is None or call.row_tables[0] is not planned:  # rebuilt when the rows change
             call.row_tables = (planned, packed_rope(self.cfg, rows.pos, rows.packer), self._attention_rule(rows, t))
         _, rope, rule = call.row_tables
@@ -463,27 +508,31 @@ class DiffusionDecoder:
                 return spec
         return (0, 1), 3
 
-    def _block_logits(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor,
-                      masked: Tensor) -> tuple[Tensor, Tensor]:
+    def _block_logits(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
+                      start: int | None = None) -> tuple[Tensor, Tensor]:
         """Logits [B, S, V] for the block positions and candidates [B, S] (True = may be committed now).
 
         A masked position is a candidate when the row that predicts it (itself, or
-        its left neighbour under Dream's shift) survived every layer.
+        its left neighbour under Dream's shift) survived every layer. start: the block start
+        every sequence shares, when known on the host (`_Slots.common_start`).
         """
-        shift = int(self.cfg.logit_shift)
+        shift, width = int(self.cfg.logit_shift), block_pos.shape[1]
+        index: Tensor | slice
         if rows.span is not None and not self.eviction:
             # every masked position's row was computed (no eviction), so its row is its offset in the span
-            index = (block_pos - (rows.span[0] + shift)).clamp(0, rows.pos.shape[1] - 1)  # [B, S]
-            candidates = masked
+            candidates, first = masked, rows.span[0] + shift
+            if start is not None and first <= start <= first + rows.pos.shape[1] - width:
+                index = slice(start - first, start - first + width)  # one block start: the rows are a slice
+            else:
+                index = (block_pos - first).clamp(0, rows.pos.shape[1] - 1)  # [B, S]
         else:
             row_of = rows.rows_at((block_pos - shift).clamp(min=0), state.x.shape[1])  # [B, S], -1 = no row
             index, candidates = row_of.clamp(min=0), masked & (row_of >= 0)
-        index = index[:, :, None].expand(-1, -1, h.shape[-1])
         if self.cfg_scale:  # h [2B, L, C]: conditional half, then unconditional half
-            cond, un = (self.model.logits(half.gather(1, index)).float() for half in h.chunk(2))
+            cond, un = (self.model.logits(_take_rows(half, index)).float() for half in h.chunk(2))
             raw = un + (self.cfg_scale + 1.0) * (cond - un)
         else:
-            raw = self.model.logits(h.gather(1, index)).float()
+            raw = self.model.logits(_take_rows(h, index)).float()
         # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the flag in its one host
         # sync per step and names the sequences only then
         state.logit_check = (raw.sum().isfinite(), raw)
@@ -506,7 +555,7 @@ class DiffusionDecoder:
         *planned, sizes = self._next_rows(state, call)
         counts = [chosen.sum(), finite, state.done.sum()] + ([] if stuck is None else [stuck.sum()])
         on_device = [c for c in computed if isinstance(c, Tensor)]
-        n, all_finite, n_done, *read = torch.cat([torch.stack(counts + on_device), sizes]).tolist()  # the one sync
+        n, all_finite, n_done, *read = torch.cat([torch.stack(counts + on_device), *sizes]).tolist()  # the one sync
         n_stuck = read.pop(0) if stuck is not None else 0
         read, next_sizes = iter(read[:len(on_device)]), read[len(on_device):]
         if n_stuck:
@@ -586,6 +635,13 @@ class DiffusionDecoder:
         return GenerationOutput(sequences=sequences, tokens=tokens, stats=stats, text=text, trace=trace,
                                 steps_per_sequence=(state.committed_step.max(1).values + 1).tolist(),
                                 committed_per_sequence=committed.sum(1).tolist())
+
+
+def _take_rows(h: Tensor, index: Tensor | slice) -> Tensor:
+    """Rows [B, S, C] of h [B, L, C] at row indices index [B, S], or the slice of rows they all share."""
+    if isinstance(index, slice):
+        return h[:, index]
+    return h.gather(1, index[:, :, None].expand(-1, -1, h.shape[-1]))
 
 
 # -- sampling helpers ---------------------------------------------------------------

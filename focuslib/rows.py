@@ -62,22 +62,30 @@ class Rows:
     @classmethod
     def from_mask(cls, mask: Tensor) -> "Rows":
         """Rows for the True entries of mask [B, T], in increasing position order (one host sync)."""
-        return cls.from_stats(mask, cls.stats(mask).tolist())
+        return cls.from_stats(mask, torch.cat(cls.stats(mask)).tolist())
 
     @staticmethod
-    def stats(mask: Tensor, at: Tensor | None = None) -> Tensor:
-        """[5] long, on the device: what `from_stats` needs to know of mask [B, T] on the host.
+    def ends_table(positions: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """(positions and their negatives [2, 1, T], fills [2, 1, 1]): with them one `where` and one `amax`
+        give a mask's last and (negated) first True position (`stats`). Build it once per T."""
+        at = torch.arange(positions, device=device)
+        return torch.stack([at, -at])[:, None], torch.tensor([-1, -positions], device=device)[:, None, None]
 
-        Read it alone (`from_mask`) or together with other counters, in one host sync.
-        at: arange(T) when the caller keeps one.
+    @staticmethod
+    def stats(mask: Tensor, table: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
+        """What `from_stats` needs to know of mask [B, T] on the host, as 1-D long tensors on the device.
+
+        Concatenated they read [fewest, most, total, last, -first]: the fewest and most True entries of
+        a sequence, their total, the largest and (negated) smallest True position (-1 and -T when there
+        is none). Read them alone (`from_mask`) or concatenated with other counters, in one host sync.
+        table: `ends_table(T)` when the caller keeps one.
         """
         if not mask.numel():
-            return torch.zeros(5, dtype=torch.long, device=mask.device)
+            return [torch.tensor([0, 0, 0, -1, -mask.shape[1]], device=mask.device)]
         counts = mask.sum(1)
-        at = torch.arange(mask.shape[1], device=mask.device) if at is None else at
-        fewest, most = torch.aminmax(counts)
-        return torch.stack([most, counts.sum(), torch.where(mask, at, -1).amax(), fewest,
-                            torch.where(mask, at, mask.shape[1]).amin()])
+        at, fill = Rows.ends_table(mask.shape[1], mask.device) if table is None else table
+        ends = torch.where(mask, at, fill).amax((1, 2))  # [2]: mask [B, T] broadcasts to [2, B, T]
+        return [*torch.aminmax(counts, dim=0, keepdim=True), counts.sum(0, keepdim=True), ends]
 
     @classmethod
     def from_stats(cls, mask: Tensor, stats: list[int], last_rows: "Rows | None" = None) -> "Rows":
@@ -89,7 +97,8 @@ class Rows:
         b, _ = mask.shape
         if not mask.numel():
             return cls(*compact_rows(mask, 0), 0, -1)
-        width, total, last, fewest, first = stats
+        fewest, width, total, last, first = stats
+        first = -first
         if fewest == width == last - first + 1:  # each sequence holds width positions in a range of width
             if last_rows is not None and last_rows.span == (first, last + 1) and last_rows.pos.shape[0] == b:
                 return last_rows

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from focuslib.cache import BlockView
+from focuslib.rows import Rows
 
 NOT_COMMITTED = -1
 _NO_BLOCK = torch.iinfo(torch.long).max  # current_block of a sequence with nothing masked
@@ -104,6 +105,11 @@ class DecodeState:
     def positions(self) -> Tensor:
         """[T] long: 0..T-1, the positions (built once per call)."""
         return torch.arange(self.x.shape[1], device=self.x.device)
+
+    @cached_property
+    def ends_table(self) -> tuple[Tensor, Tensor]:
+        """`Rows.ends_table` of the T positions (built once per call): what `Rows.stats` of [B, T] masks needs."""
+        return Rows.ends_table(self.x.shape[1], self.x.device)
 
     @cached_property
     def _generation(self) -> Tensor:

@@ -58,7 +58,16 @@ def test_a_plan_reuses_the_last_rows_only_for_the_same_span():
     tables with them); any other set of rows is built afresh."""
     same = _mask(12, (4, 9), (4, 9))
     last = Rows.from_mask(same)
-    assert Rows.from_stats(same, Rows.stats(same).tolist(), last) is last
+    assert Rows.from_stats(same, torch.cat(Rows.stats(same)).tolist(), last) is last
     for other in (_mask(12, (4, 10), (4, 10)), _mask(12, (4, 9)), _mask(12, (4, 9), (4, 8))):
-        rows = Rows.from_stats(other, Rows.stats(other).tolist(), last)
+        rows = Rows.from_stats(other, torch.cat(Rows.stats(other)).tolist(), last)
         assert rows is not last and torch.equal(rows.as_mask(12), other)
+
+
+def test_row_stats_read_counts_and_ends_of_a_mask():
+    """[fewest, most, total, last, -first] of a hand-made mask, of a sequence without rows, and of an empty one."""
+    mask = _mask(10, (3, 6), (2, 9))  # rows 3..5 and 2..8
+    assert torch.cat(Rows.stats(mask)).tolist() == [3, 7, 10, 8, -2]
+    assert torch.cat(Rows.stats(_mask(10, (3, 6), (0, 0)))).tolist() == [0, 3, 3, 5, -3]
+    assert torch.cat(Rows.stats(torch.zeros(2, 10, dtype=torch.bool))).tolist() == [0, 0, 0, -1, -10]
+    assert torch.cat(Rows.stats(torch.zeros(0, 10, dtype=torch.bool))).tolist() == [0, 0, 0, -1, -10]

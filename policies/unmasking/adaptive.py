@@ -48,7 +48,8 @@ class Threshold(UnmaskingPolicy):
         conf = torch.where(candidates, proposal.confidence, -1.0)  # [B, L]; threshold > 0 > -1
         confident = conf >= self.threshold
         best = torch.zeros_like(candidates).scatter_(-1, conf.argmax(-1, keepdim=True), True)  # first max
-        return confident | (best & candidates & ~confident.any(-1, keepdim=True))
+        # a row without candidates gets a non-candidate `best`, which __call__ masks out
+        return torch.where(confident.any(-1, keepdim=True), confident, best)
 
 
 class Factor(UnmaskingPolicy):

@@ -211,11 +211,13 @@ def propose(
     log_probs = logits.float().log_softmax(dim=-1)  # [B, L, V]
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)  # [B, L]
+        # log_softmax is monotone under rounding too, so the argmax's log-probability is the row's maximum
+        confidence = log_probs.amax(dim=-1).exp()  # [B, L]
     else:
         support = sampling_support(logits, temperature, top_k, top_p)
         sample_from = logits if support is None else logits.masked_fill(~support, float("-inf"))
         tokens = gumbel_argmax(sample_from, temperature, rng)
-    confidence = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp()  # [B, L]
+        confidence = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp()  # [B, L]
     if unconfident:
         ids = torch.as_tensor(list(unconfident), device=logits.device)
         ranked = logits.float().index_fill(-1, ids, float("-inf")).log_softmax(dim=-1)  # NaN: nothing else left
