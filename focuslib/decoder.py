@@ -553,9 +553,9 @@ class DiffusionDecoder:
         finite, logits = state.logit_check
         state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if call.stop_at_eos else ())
         *planned, sizes = self._next_rows(state, call)
-        counts = [chosen.sum(), finite, state.done.sum()] + ([] if stuck is None else [stuck.sum()])
+        counts = [chosen.sum(), finite, state.active.sum()] + ([] if stuck is None else [stuck.sum()])
         on_device = [c for c in computed if isinstance(c, Tensor)]
-        n, all_finite, n_done, *read = torch.cat([torch.stack(counts + on_device), *sizes]).tolist()  # the one sync
+        n, all_finite, n_active, *read = torch.cat([torch.stack(counts + on_device), *sizes]).tolist()  # the one sync
         n_stuck = read.pop(0) if stuck is not None else 0
         read, next_sizes = iter(read[:len(on_device)]), read[len(on_device):]
         if n_stuck:
@@ -576,7 +576,7 @@ class DiffusionDecoder:
         stats.committed_per_step.append(n)
         stats.sequence_steps += call.n_active
         stats.steps += 1
-        call.n_active = state.done.shape[0] - n_done
+        call.n_active = n_active
         call.plan = None if not call.n_active else _Plan.read(*planned, next_sizes, call.plan)
         return not call.n_active
 

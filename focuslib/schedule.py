@@ -34,8 +34,7 @@ class DecodeState:
     current_block: Tensor  # [B] long, block being decoded (a large value once finished)
     step_in_block: Tensor  # [B] long
     masked_at_block_start: Tensor  # [B] long
-    done: Tensor  # [B] bool
-    active: Tensor  # [B] bool, ~done
+    active: Tensor  # [B] bool, False = the sequence is done (`done`)
     block_changed: Tensor  # [B] bool, True = current block started at this step
     span: int  # positions per block
     mask_id: int
@@ -74,17 +73,26 @@ class DecodeState:
             committed_step=torch.full((b, t), NOT_COMMITTED, device=device), current_block=first,
             step_in_block=torch.zeros(b, dtype=torch.long, device=device),
             masked_at_block_start=(masked & (block_id == first[:, None])).sum(1),
-            done=torch.zeros(b, dtype=torch.bool, device=device), active=torch.ones(b, dtype=torch.bool, device=device),
-            block_changed=torch.ones(b, dtype=torch.bool, device=device),
+            active=first != _NO_BLOCK, block_changed=torch.ones(b, dtype=torch.bool, device=device),
             span=span, mask_id=mask_id, block_diffusion=block_diffusion,
         )
+
+    @cached_property
+    def in_block(self) -> Tensor:
+        """[B, T] bool, True = a position of the sequence's current block (kept by `commit`)."""
+        return self._block_in_sequence == self.current_block[:, None]
+
+    @property
+    def done(self) -> Tensor:
+        """[B] bool, True = nothing left to decode (or, with EOS stopping, an EOS was generated)."""
+        return ~self.active
 
     def view(self) -> BlockView:
         """What a cache mode needs to know about the blocks (`focuslib.cache.BlockView`)."""
         cur = self.current_block[:, None]
         return BlockView(
             in_sequence=self.in_sequence, decoded=self.x != self.mask_id,
-            before_block_end=self.block_id <= cur, in_block=self._block_in_sequence == cur,
+            before_block_end=self.block_id <= cur, in_block=self.in_block,
             block_start_step=self.block_changed, block_last=self.block_last,
             in_finished_block=self.block_id < cur,
         )
@@ -143,13 +151,13 @@ class DecodeState:
         block = torch.where(masked, self.block_id, _NO_BLOCK).amin(1)
         self.block_changed = block != self.current_block
         self.step_in_block = torch.where(self.block_changed, 0, self.step_in_block + 1)
-        in_new_block = masked & (self.block_id == block[:, None])
-        self.masked_at_block_start = torch.where(self.block_changed, in_new_block.sum(1), self.masked_at_block_start)
+        self.in_block = self._block_in_sequence == block[:, None]
+        self.masked_at_block_start = torch.where(self.block_changed, (self.in_block & masked).sum(1),
+                                                 self.masked_at_block_start)
         self.current_block = block
-        self.done = block == _NO_BLOCK  # nothing masked left
+        self.active = block != _NO_BLOCK  # something masked is left
         if eos_ids:
-            self.done |= self._eos_reached(masked, eos_ids)
-        self.active = ~self.done
+            self.active &= ~self._eos_reached(masked, eos_ids)
 
     def _eos_reached(self, masked: Tensor, eos_ids: tuple[int, ...]) -> Tensor:
         """[B] True = an EOS was generated with nothing masked before it."""
