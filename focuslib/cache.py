@@ -36,7 +36,7 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.trash = positions
-        self._slots = [KVSlot(self.k[i], self.v[i]) for i in range(n_layers)]  # views, built once per call
+        self._slots = [KVSlot(k, v) for k, v in zip(self.k.unbind(0), self.v.unbind(0))]  # views, built once per call
 
     def layer(self, index: int) -> KVSlot:
         """The K/V buffers of one layer, as the narrow handle layer runners write through."""
@@ -50,7 +50,7 @@ class KVCache:
         """An independent copy (for a dense preview of a step that must not disturb the real cache)."""
         copy = KVCache.__new__(KVCache)
         copy.k, copy.v, copy.trash = self.k.clone(), self.v.clone(), self.trash
-        copy._slots = [KVSlot(copy.k[i], copy.v[i]) for i in range(copy.k.shape[0])]
+        copy._slots = [KVSlot(k, v) for k, v in zip(copy.k.unbind(0), copy.v.unbind(0))]
         return copy
 
 
@@ -59,12 +59,17 @@ class BlockView:
     """What a cache mode needs to know about the decoding state ([B, T] bool masks, True = property holds)."""
 
     in_sequence: Tensor  # position exists for this sequence (prompt or generation region)
-    decoded: Tensor  # token is not a mask
+    masked: Tensor  # token is the mask id (padding never is)
     before_block_end: Tensor  # position < end of the sequence's current block
     in_block: Tensor  # position inside the current block
     block_start_step: Tensor  # [B] True = this step is the first of the current block
     block_last: Tensor  # position is the last one of its block (block families)
     in_finished_block: Tensor  # position belongs to a block with no mask left (block families)
+
+    @property
+    def decoded(self) -> Tensor:
+        """Token is not a mask."""
+        return ~self.masked
 
 
 class CacheMode:
@@ -159,8 +164,9 @@ class DelayedCache(BlockCache):
         return self.final & (pos <= last)
 
     def freezes(self, v: BlockView) -> Tensor:
-        right_decoded = torch.nn.functional.pad(v.decoded[:, 1:], (0, 1), value=True)
-        return v.decoded & (right_decoded | v.block_last)
+        decoded = v.decoded
+        right_decoded = torch.nn.functional.pad(decoded[:, 1:], (0, 1), value=True)
+        return decoded & (right_decoded | v.block_last)
 
 
 _MODES = {

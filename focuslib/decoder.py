@@ -20,10 +20,13 @@ Shapes: B batch, T positions, L rows, S block positions, V vocab, C width.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import numbers
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Sequence
@@ -272,8 +275,9 @@ class DiffusionDecoder:
             *planned, sizes = self._next_rows(state, call)
             call.plan = _Plan.read(*planned, torch.cat(sizes).tolist())
             call.n_active = b
-        while not finished:
-            finished = self._step(state, call)
+        with collector_paused():
+            while not finished:
+                finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
         return self._output(state, ids, gen_length, call.stats, call.recorder)
 
@@ -533,12 +537,11 @@ class DiffusionDecoder:
             raw = un + (self.cfg_scale + 1.0) * (cond - un)
         else:
             raw = self.model.logits(_take_rows(h, index)).float()
-        # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the flag in its one host
-        # sync per step and names the sequences only then
-        state.logit_check = (raw.sum().isfinite(), raw)
-        logits = raw.clone()
-        logits[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
-        return logits, candidates
+        # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the sum in its one host
+        # sync per step and names the sequences only then. float64: the sync's integer counters stay exact.
+        state.logit_check = (raw.sum(dtype=torch.float64), raw)
+        raw[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
+        return raw, candidates
 
     def _apply(self, state: DecodeState, call: _Call, block_pos: Tensor, chosen: Tensor, tokens: Tensor,
                stuck: Tensor | None, computed: list[int | Tensor]) -> bool:
@@ -550,19 +553,22 @@ class DiffusionDecoder:
         check raises after the writes: the call's state is dropped with it, so nothing reaches the caller).
         """
         stats = call.stats
-        finite, logits = state.logit_check
+        logit_sum, logits = state.logit_check
         state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if call.stop_at_eos else ())
         *planned, sizes = self._next_rows(state, call)
-        counts = [chosen.sum(), finite, state.active.sum()] + ([] if stuck is None else [stuck.sum()])
+        counts = [chosen.sum(), state.active.sum()] + ([] if stuck is None else [stuck.sum()])
         on_device = [c for c in computed if isinstance(c, Tensor)]
-        n, all_finite, n_active, *read = torch.cat([torch.stack(counts + on_device), *sizes]).tolist()  # the one sync
+        # the one sync (the float64 logit sum promotes the counters, exactly)
+        logit_sum, *read = torch.cat([torch.stack([logit_sum, *counts, *on_device]), *sizes]).tolist()
+        n, n_active, *read = map(int, read)
         n_stuck = read.pop(0) if stuck is not None else 0
         read, next_sizes = iter(read[:len(on_device)]), read[len(on_device):]
         if n_stuck:
             raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
                                "predicts them survived this step (an eviction policy must keep at least one masked row)")
-        if not all_finite:
-            bad = ~logits.isfinite().flatten(1).all(1)  # [B]
+        if not math.isfinite(logit_sum):
+            finite = logits.isfinite().index_fill_(-1, torch.tensor([self.cfg.mask_id], device=logits.device), True)
+            bad = ~finite.flatten(1).all(1)  # [B]; the mask id's -inf is the decoder's own
             raise FloatingPointError(
                 f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences "
                 f"{bad.nonzero().flatten().tolist()} of the batch; nothing was committed. The weights or the "
@@ -577,8 +583,12 @@ class DiffusionDecoder:
         stats.sequence_steps += call.n_active
         stats.steps += 1
         call.n_active = n_active
-        call.plan = None if not call.n_active else _Plan.read(*planned, next_sizes, call.plan)
-        return not call.n_active
+        if not n_active:
+            call.plan = None
+            return True
+        last, call.plan = call.plan, _Plan.read(*planned, next_sizes, call.plan)
+        state.settle(blocks_moved=call.plan.starts != last.starts)  # the starts were read in the sync
+        return False
 
     # -- setup -------------------------------------------------------------------
 
@@ -642,6 +652,26 @@ def _take_rows(h: Tensor, index: Tensor | slice) -> Tensor:
     if isinstance(index, slice):
         return h[:, index]
     return h.gather(1, index[:, :, None].expand(-1, -1, h.shape[-1]))
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for the decode loop, and restore it after.
+
+    The loop makes no reference cycles, but its per-step objects (and torch's tensors, which the
+    collector counts) trigger collections, and a full one walks every object the process holds
+    (150k+ with torch and transformers loaded): on tiny-sdar-b32 at batch 1 about 4% of the
+    decoding time, mostly in stalls of ~100 ms (docs/design.md, "The collector and the decode loop").
+    Process-wide, as `gc.disable` is: nested or concurrent calls leave it to the outermost.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # -- sampling helpers ---------------------------------------------------------------

@@ -100,6 +100,8 @@ def _token_ids(i: int, prompt: Any) -> list[int]:
             raise TypeError(f"prompt {i} is a {type(prompt).__name__} of shape {tuple(prompt.shape)} and dtype "
                             f"{dtype}; {_PROMPT_TYPES}")
         return [int(t) for t in prompt.tolist()]
+    if type(prompt) is list and all(type(t) is int for t in prompt):  # the common case, checked fast
+        return list(prompt)
     if isinstance(prompt, (bytes, bytearray, dict)) or not isinstance(prompt, Sequence):
         raise TypeError(f"prompt {i} is {type(prompt).__name__} {prompt!r:.60}; {_PROMPT_TYPES}")
     for j, t in enumerate(prompt):

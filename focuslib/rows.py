@@ -85,6 +85,8 @@ class Rows:
         counts = mask.sum(1)
         at, fill = Rows.ends_table(mask.shape[1], mask.device) if table is None else table
         ends = torch.where(mask, at, fill).amax((1, 2))  # [2]: mask [B, T] broadcasts to [2, B, T]
+        if mask.shape[0] == 1:  # one sequence: its count is the fewest, the most and the total
+            return [counts, counts, counts, ends]
         return [*torch.aminmax(counts, dim=0, keepdim=True), counts.sum(0, keepdim=True), ends]
 
     @classmethod

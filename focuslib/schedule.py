@@ -8,7 +8,7 @@ Shapes: B batch, T positions, S block slots.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -30,17 +30,22 @@ class DecodeState:
     in_sequence: Tensor  # [B, T] bool, True = prompt or generation position of this sequence
     block_id: Tensor  # [B, T] long, block of each position (-1 for prompt rows of full-attention families)
     prompt_len: Tensor  # [B]
-    committed_step: Tensor  # [B, T] long, step at which the position was committed (-1: not yet / prompt)
     current_block: Tensor  # [B] long, block being decoded (a large value once finished)
-    step_in_block: Tensor  # [B] long
-    masked_at_block_start: Tensor  # [B] long
     active: Tensor  # [B] bool, False = the sequence is done (`done`)
     block_changed: Tensor  # [B] bool, True = current block started at this step
     span: int  # positions per block
     mask_id: int
     block_diffusion: bool  # blocks on the absolute grid (SDAR-like) rather than from each prompt's end
-    # set by the decoder at each step: (0-dim bool: the block's logits are finite, those logits [B, S, V])
+    # set by the decoder at each step: (0-dim float64: the sum of the block's logits, finite unless one is not;
+    # those logits [B, S, V], the mask id's at -inf)
     logit_check: tuple[Tensor, Tensor] | None = None
+    # the step counters (`step_in_block`, `masked_at_block_start`), moved on by `settle` after each commit
+    _step_in_block: Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    _masked_at_block_start: Tensor = field(default=None, repr=False)  # type: ignore[assignment]
+    _unsettled: bool = field(default=False, repr=False)
+    # the slots [B, S] each step wrote (T where nothing was committed), with its step: `committed_step`
+    _commits: list[tuple[int, Tensor]] = field(default_factory=list, repr=False)
+    _committed_step: Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def start(cls, ids: list[list[int]], gen_length: int, *, mask_id: int, pad_id: int, block_size: int | None,
@@ -52,15 +57,13 @@ class DecodeState:
         """
         if pad_id == mask_id:
             raise ValueError(f"pad_id must differ from mask_id ({mask_id}): padding would read as masked positions")
-        b = len(ids)
-        prompt_len = torch.tensor([len(p) for p in ids], device=device)
-        t = int(prompt_len.max()) + gen_length
+        b, lengths = len(ids), [len(p) for p in ids]
+        t = max(lengths) + gen_length
+        prompt_len = torch.tensor(lengths, device=device)
         pos = torch.arange(t, device=device).expand(b, t)
-        x = torch.full((b, t), mask_id, dtype=torch.long, device=device)
-        for i, p in enumerate(ids):
-            x[i, : len(p)] = torch.tensor(p, device=device)
+        x = torch.tensor([p + [mask_id] * gen_length + [pad_id] * (t - n - gen_length) for p, n in zip(ids, lengths)],
+                         dtype=torch.long, device=device)
         in_sequence = pos < (prompt_len + gen_length)[:, None]
-        x = torch.where(in_sequence, x, pad_id)
         span = block_size or gen_length
         if block_diffusion:
             block_id = pos // span
@@ -69,13 +72,39 @@ class DecodeState:
         masked = x == mask_id
         first = torch.where(masked, block_id, _NO_BLOCK).min(1).values
         return cls(
-            x=x, masked=masked, in_sequence=in_sequence, block_id=block_id, prompt_len=prompt_len,
-            committed_step=torch.full((b, t), NOT_COMMITTED, device=device), current_block=first,
-            step_in_block=torch.zeros(b, dtype=torch.long, device=device),
-            masked_at_block_start=(masked & (block_id == first[:, None])).sum(1),
+            x=x, masked=masked, in_sequence=in_sequence, block_id=block_id, prompt_len=prompt_len, current_block=first,
             active=first != _NO_BLOCK, block_changed=torch.ones(b, dtype=torch.bool, device=device),
             span=span, mask_id=mask_id, block_diffusion=block_diffusion,
+            _step_in_block=torch.zeros(b, dtype=torch.long, device=device),
+            _masked_at_block_start=(masked & (block_id == first[:, None])).sum(1),
         )
+
+    @property
+    def step_in_block(self) -> Tensor:
+        """[B] long, steps taken in the current block (0 at its first step)."""
+        self.settle()
+        return self._step_in_block
+
+    @property
+    def masked_at_block_start(self) -> Tensor:
+        """[B] long, masked positions of the current block when it started."""
+        self.settle()
+        return self._masked_at_block_start
+
+    @property
+    def committed_step(self) -> Tensor:
+        """[B, T] long, step at which each position was committed (-1: not yet, or a prompt position).
+
+        Built from the commits' slots when read (the decoder reads it once, at the end)."""
+        if self._committed_step is None:
+            b, t = self.x.shape
+            out = torch.full((b, t + 1), NOT_COMMITTED, device=self.x.device)
+            if self._commits:  # a position is committed once; the trash column T takes the rest
+                steps = torch.tensor([step for step, _ in self._commits], device=out.device)
+                slots = torch.cat([slot for _, slot in self._commits], 1)  # [B, steps x S]
+                out.scatter_(1, slots, steps.repeat_interleave(self.span).expand_as(slots))
+            self._committed_step = out[:, :t]
+        return self._committed_step
 
     @cached_property
     def in_block(self) -> Tensor:
@@ -91,7 +120,7 @@ class DecodeState:
         """What a cache mode needs to know about the blocks (`focuslib.cache.BlockView`)."""
         cur = self.current_block[:, None]
         return BlockView(
-            in_sequence=self.in_sequence, decoded=self.x != self.mask_id,
+            in_sequence=self.in_sequence, masked=self.masked,
             before_block_end=self.block_id <= cur, in_block=self.in_block,
             block_start_step=self.block_changed, block_last=self.block_last,
             in_finished_block=self.block_id < cur,
@@ -103,11 +132,11 @@ class DecodeState:
         return self.block_id.masked_fill(~self.in_sequence, -2)
 
     @cached_property
-    def _padded(self) -> list[Tensor]:
-        """x and committed_step with a trash column T appended ([B, T+1]): commits of unchosen slots land there.
+    def _padded(self) -> Tensor:
+        """x with a trash column T appended ([B, T+1]): commits of unchosen slots land there.
 
-        `x` and `committed_step` are views of these (column T left out) once a step has committed."""
-        return [torch.nn.functional.pad(self.x, (0, 1)), torch.nn.functional.pad(self.committed_step, (0, 1))]
+        `x` is a view of it (column T left out) once a step has committed."""
+        return torch.nn.functional.pad(self.x, (0, 1))
 
     @cached_property
     def positions(self) -> Tensor:
@@ -141,23 +170,40 @@ class DecodeState:
                ) -> None:
         """Write tokens [B, S] at block slots block_pos [B, S] where chosen [B, S], then move blocks, step
         counters and done flags on. eos_ids non-empty: a sequence is also done once an EOS is generated with
-        nothing masked before it."""
+        nothing masked before it. The step counters move on at `settle` (or when next read)."""
+        self.settle()
         t = self.x.shape[1]
         slot = torch.where(chosen, block_pos, t)  # [B, S]: slots not committed write to the trash column
-        x, committed = self._padded
-        self._padded = [x.scatter(1, slot, tokens), committed.scatter(1, slot, step)]  # new tensors: views stay valid
-        self.x, self.committed_step = (padded[:, :t] for padded in self._padded)
+        self._padded = self._padded.scatter(1, slot, tokens)  # a new tensor: views of the old x stay valid
+        self.x = self._padded[:, :t]
+        self._commits.append((step, slot))
+        self._committed_step = None
         self.masked = masked = self.x == self.mask_id  # [B, T]; padding is never the mask id
         block = torch.where(masked, self.block_id, _NO_BLOCK).amin(1)
         self.block_changed = block != self.current_block
-        self.step_in_block = torch.where(self.block_changed, 0, self.step_in_block + 1)
         self.in_block = self._block_in_sequence == block[:, None]
-        self.masked_at_block_start = torch.where(self.block_changed, (self.in_block & masked).sum(1),
-                                                 self.masked_at_block_start)
         self.current_block = block
+        self._unsettled = True
         self.active = block != _NO_BLOCK  # something masked is left
         if eos_ids:
             self.active &= ~self._eos_reached(masked, eos_ids)
+
+    def settle(self, blocks_moved: bool = True) -> None:
+        """Move the step counters on after a commit (reading them does it too; a no-op when they are settled).
+
+        blocks_moved=False: the caller knows on the host that no sequence's block start moved at the
+        commit (the decoder reads the starts in its one sync per step); the counters then take one
+        call instead of five."""
+        if not self._unsettled:
+            return
+        self._unsettled = False
+        if not blocks_moved:
+            self._step_in_block = self._step_in_block + 1
+            return
+        changed = self.block_changed
+        self._step_in_block = torch.where(changed, 0, self._step_in_block + 1)
+        self._masked_at_block_start = torch.where(changed, (self.in_block & self.masked).sum(1),
+                                                  self._masked_at_block_start)
 
     def _eos_reached(self, masked: Tensor, eos_ids: tuple[int, ...]) -> Tensor:
         """[B] True = an EOS was generated with nothing masked before it."""

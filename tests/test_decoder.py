@@ -564,6 +564,29 @@ def test_a_focus_step_waits_once_more_for_its_compaction():
     assert len(syncs) >= 2 and set(syncs) == {2}
 
 
+def test_the_collector_is_paused_while_decoding_and_restored_after():
+    """generate runs its loop with CPython's cyclic collector off and leaves it as it found it."""
+    import gc
+
+    class Watching(Threshold):
+        def select(self, proposal, candidates, ctx):
+            seen.append(gc.isenabled())
+            return super().select(proposal, candidates, ctx)
+
+    seen: list[bool] = []
+    decoder = DiffusionDecoder(tiny_model("sdar"), Watching(0.9))
+    assert gc.isenabled()
+    decoder.generate([[3, 4, 5]], gen_length=16)
+    assert seen and not any(seen) and gc.isenabled()
+    gc.disable()  # a caller that turned it off itself keeps it off
+    try:
+        seen.clear()
+        decoder.generate([[3, 4, 5]], gen_length=16)
+        assert seen and not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_key_extent_follows_the_family_rule():
     """Block diffusion: a query reaches keys up to its block's end; full attention: every position."""
     sdar = tiny_model("sdar")

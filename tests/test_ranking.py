@@ -130,7 +130,7 @@ def test_delayed_cache_attention_ends_at_the_last_computed_row():
     """Positions 4, 5 are frozen, 2-3 are not: the reference never attends 4, 5 at this step; the option does."""
     b, t = 1, 6
     decoded = torch.tensor([[True, True, False, True, True, True]])
-    view = BlockView(in_sequence=torch.ones(b, t, dtype=torch.bool), decoded=decoded,
+    view = BlockView(in_sequence=torch.ones(b, t, dtype=torch.bool), masked=~decoded,
                      before_block_end=torch.ones(b, t, dtype=torch.bool), in_block=torch.ones(b, t, dtype=torch.bool),
                      block_start_step=torch.tensor([False]), block_last=torch.tensor([[False] * 5 + [True]]),
                      in_finished_block=torch.zeros(b, t, dtype=torch.bool))

@@ -44,12 +44,10 @@ class Threshold(UnmaskingPolicy):
         self.threshold = check_number("threshold", threshold, low=0.0, high=1.0, low_open=True)
 
     def select(self, proposal: Proposal, candidates: Tensor, ctx: StepContext) -> Tensor:
-        # the candidates above the bar; in a row with none, its most confident candidate (left-most on ties)
+        # the candidates above the bar, and always the most confident candidate (left-most on ties), which is
+        # above the bar whenever any is; a row without candidates gets a non-candidate, which __call__ masks out
         conf = torch.where(candidates, proposal.confidence, -1.0)  # [B, L]; threshold > 0 > -1
-        confident = conf >= self.threshold
-        best = torch.zeros_like(candidates).scatter_(-1, conf.argmax(-1, keepdim=True), True)  # first max
-        # a row without candidates gets a non-candidate `best`, which __call__ masks out
-        return torch.where(confident.any(-1, keepdim=True), confident, best)
+        return (conf >= self.threshold).scatter_(-1, conf.argmax(-1, keepdim=True), True)
 
 
 class Factor(UnmaskingPolicy):

@@ -208,7 +208,7 @@ def propose(
     """
     if banned:
         logits = logits.index_fill(-1, torch.as_tensor(list(banned), device=logits.device), float("-inf"))
-    log_probs = logits.float().log_softmax(dim=-1)  # [B, L, V]
+    log_probs = (logits if logits.dtype == torch.float32 else logits.float()).log_softmax(dim=-1)  # [B, L, V]
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)  # [B, L]
         # log_softmax is monotone under rounding too, so the argmax's log-probability is the row's maximum
