@@ -270,12 +270,11 @@ class DiffusionDecoder:
             steps_per_block=self._steps_per_block(gen_length, steps),
             generators=sequence_generators(seed, sequence_ids, b, dev),
             stop_at_eos=stop_at_eos, dense_labels=dense_labels)
-        finished = bool(state.done.all())
-        if not finished:
+        with collector_paused():
+            # every sequence starts with gen_length >= 1 masked positions (`request_problems`): none is done
             *planned, sizes = self._next_rows(state, call)
             call.plan = _Plan.read(*planned, torch.cat(sizes).tolist())
-            call.n_active = b
-        with collector_paused():
+            call.n_active, finished = b, False
             while not finished:
                 finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
@@ -293,10 +292,13 @@ class DiffusionDecoder:
             call.slots = _Slots.of(plan.block_start, plan.starts, state.span, t)
         slots = call.slots
         step = self._step_view(state, plan, call.stats.steps, call.steps_per_block, slots)
-        block_pos = slots.pos
-        masked = masked_block.gather(1, block_pos)  # [B, S]
-        if not slots.fits:
-            masked &= slots.in_range
+        block_pos, start = slots.pos, slots.common_start
+        if start is not None and slots.fits:  # one block start: the block's masked flags are a slice
+            masked = masked_block[:, start:start + state.span]  # [B, S]
+        else:
+            masked = masked_block.gather(1, block_pos)
+            if not slots.fits:
+                masked &= slots.in_range
         ctx = StepContext(step=state.step_in_block, steps_per_block=call.steps_per_block,
                           n_masked_at_block_start=state.masked_at_block_start, generators=call.generators,
                           eos_ids=self.eos_ids, eot_ids=self.eot_ids)
@@ -307,7 +309,7 @@ class DiffusionDecoder:
         h, rows, views, computed = self._run_layers(state, call, step, rows, cached)
         call.mode.update(view, rows.as_mask(t))
         commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block,
-                                                         slots.common_start)
+                                                         start)
         if self.eviction:
             self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
                                                 confidence=commit.confidence, committed=chosen), call.policies)
@@ -322,12 +324,13 @@ class DiffusionDecoder:
         sizes, 1-D on the device, are `Rows.stats` of need, the most masked rows of a sequence (eviction or
         traces) and block_start, to be read in one host sync (`_Plan.read`)."""
         view = state.view()
-        active = state.active[:, None]
         need = call.mode.rows(view)
         if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
             need = need | torch.nn.functional.pad(view.in_block[:, 1:], (0, 1), value=False)
-        need = need & active
-        masked_block = view.in_block & state.masked & active
+        masked_block = view.in_block & state.masked
+        if state.x.shape[0] > 1:  # done sequences compute nothing (one alone ends the call: its plan is not used)
+            active = state.active[:, None]
+            need, masked_block = need & active, masked_block & active
         sizes = Rows.stats(need, state.ends_table)
         if self.eviction or call.recorder is not None:  # the widest masked rows: what FOCUS's kernels pack
             sizes.append((need & masked_block).sum(1).max()[None])
@@ -536,7 +539,8 @@ class DiffusionDecoder:
             cond, un = (self.model.logits(_take_rows(half, index)).float() for half in h.chunk(2))
             raw = un + (self.cfg_scale + 1.0) * (cond - un)
         else:
-            raw = self.model.logits(_take_rows(h, index)).float()
+            raw = self.model.logits(_take_rows(h, index))
+            raw = raw if raw.dtype == torch.float32 else raw.float()  # a new tensor either way: written below
         # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the sum in its one host
         # sync per step and names the sequences only then. float64: the sync's integer counters stay exact.
         state.logit_check = (raw.sum(dtype=torch.float64), raw)

@@ -25,6 +25,8 @@ def project_rows(layer: Layer, h: Tensor, rope: tuple[Tensor, Tensor], packer: R
 
     rope: cos/sin of the packed rows (`packed_rope`), computed once for every layer over the same rows.
     """
+    if packer.identity:  # no padding rows: nothing to pack
+        return layer.qkv(h, rope)
     q, k, v = layer.qkv(packer.pack(h), rope)
     return packer.unpack(q), packer.unpack(k), packer.unpack(v)
 
@@ -45,6 +47,8 @@ def attend_rows(q: Tensor, kv: KVSlot, mask: Tensor) -> Tensor:
 
 def finish_rows(layer: Layer, h: Tensor, ctx: Tensor, packer: RowPacker) -> Tensor:
     """Rows h [B, L, C] after the layer, given their attention context ctx [B, L, H, D]: output projection, FFN."""
+    if packer.identity:  # no padding rows: nothing to pack
+        return layer.finish(h, ctx)
     return packer.unpack(layer.finish(packer.pack(h), packer.pack(ctx)))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -73,7 +74,12 @@ class Proposal:
 
     tokens: Tensor  # [B, L] long
     confidence: Tensor  # [B, L] float32: softmax probability of `tokens`; 0 where not a candidate
-    log_probs: Tensor  # [B, L, V] float32: log_softmax of the raw logits (no temperature)
+    scores: Tensor  # [B, L, V] float32: the raw logits (banned ids at -inf)
+
+    @cached_property
+    def log_probs(self) -> Tensor:
+        """[B, L, V] float32: log_softmax of the raw logits (no temperature), computed when a policy reads it."""
+        return self.scores.log_softmax(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,22 +214,22 @@ def propose(
     """
     if banned:
         logits = logits.index_fill(-1, torch.as_tensor(list(banned), device=logits.device), float("-inf"))
-    log_probs = (logits if logits.dtype == torch.float32 else logits.float()).log_softmax(dim=-1)  # [B, L, V]
+    scores = logits if logits.dtype == torch.float32 else logits.float()  # [B, L, V]
+    probs = scores.softmax(dim=-1)  # as LLaDA's and Fast-dLLM's loops compute the confidence
     if temperature == 0.0:
         tokens = logits.argmax(dim=-1)  # [B, L]
-        # log_softmax is monotone under rounding too, so the argmax's log-probability is the row's maximum
-        confidence = log_probs.amax(dim=-1).exp()  # [B, L]
+        confidence = probs.amax(dim=-1)  # the argmax's probability: exp(0) / sum, the row's largest
     else:
         support = sampling_support(logits, temperature, top_k, top_p)
         sample_from = logits if support is None else logits.masked_fill(~support, float("-inf"))
         tokens = gumbel_argmax(sample_from, temperature, rng)
-        confidence = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp()  # [B, L]
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, L]
     if unconfident:
         ids = torch.as_tensor(list(unconfident), device=logits.device)
-        ranked = logits.float().index_fill(-1, ids, float("-inf")).log_softmax(dim=-1)  # NaN: nothing else left
-        confidence = ranked.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp().nan_to_num(0.0)
+        ranked = scores.index_fill(-1, ids, float("-inf")).softmax(dim=-1)  # NaN: nothing else left
+        confidence = ranked.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).nan_to_num(0.0)
     confidence = torch.where(candidates, confidence, 0.0)
-    return Proposal(tokens=tokens, confidence=confidence, log_probs=log_probs)
+    return Proposal(tokens=tokens, confidence=confidence, scores=scores)
 
 
 def token_entropy(log_probs: Tensor) -> Tensor:
