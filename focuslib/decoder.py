@@ -541,9 +541,9 @@ class DiffusionDecoder:
         else:
             raw = self.model.logits(_take_rows(h, index))
             raw = raw if raw.dtype == torch.float32 else raw.float()  # a new tensor either way: written below
-        # NaN or Inf in the block's logits makes their sum non-finite; _apply reads the sum in its one host
-        # sync per step and names the sequences only then. float64: the sync's integer counters stay exact.
-        state.logit_check = (raw.sum(dtype=torch.float64), raw)
+        # NaN or Inf in a sequence's block logits makes their sum non-finite; _apply reads the sums in its one
+        # host sync per step. float64: the integer counters read with them stay exact.
+        state.logit_sums = raw.sum((1, 2), dtype=torch.float64)  # [B]
         raw[..., self.cfg.mask_id] = float("-inf")  # committing the mask token would never finish the block
         return raw, candidates
 
@@ -557,29 +557,30 @@ class DiffusionDecoder:
         check raises after the writes: the call's state is dropped with it, so nothing reaches the caller).
         """
         stats = call.stats
-        logit_sum, logits = state.logit_check
+        b = chosen.shape[0]
         state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if call.stop_at_eos else ())
         *planned, sizes = self._next_rows(state, call)
-        counts = [chosen.sum(), state.active.sum()] + ([] if stuck is None else [stuck.sum()])
         on_device = [c for c in computed if isinstance(c, Tensor)]
-        # the one sync (the float64 logit sum promotes the counters, exactly)
-        logit_sum, *read = torch.cat([torch.stack([logit_sum, *counts, *on_device]), *sizes]).tolist()
-        n, n_active, *read = map(int, read)
-        n_stuck = read.pop(0) if stuck is not None else 0
-        read, next_sizes = iter(read[:len(on_device)]), read[len(on_device):]
-        if n_stuck:
-            raise RuntimeError(f"sequences {stuck.nonzero().flatten().tolist()} have masked positions but no row that "
-                               "predicts them survived this step (an eviction policy must keep at least one masked row)")
-        if not math.isfinite(logit_sum):
-            finite = logits.isfinite().index_fill_(-1, torch.tensor([self.cfg.mask_id], device=logits.device), True)
-            bad = ~finite.flatten(1).all(1)  # [B]; the mask id's -inf is the decoder's own
+        # per sequence: logit sums, commits, active flags (and stuck flags); then the layers' row counts and the
+        # next rows' sizes. The one sync; the float64 sums promote the rest, exactly.
+        pieces = [state.logit_sums, chosen.sum(1), state.active, *([] if stuck is None else [stuck])]
+        read = torch.cat([*pieces, *([torch.stack(on_device)] if on_device else []), *sizes]).tolist()
+        logit_sums, committed, active = read[:b], read[b:2 * b], read[2 * b:3 * b]
+        stuck_at = [i for i, s in enumerate(read[3 * b:4 * b]) if s] if stuck is not None else []
+        read = read[3 * b + (b if stuck is not None else 0):]
+        counts, next_sizes = iter(read[:len(on_device)]), [int(v) for v in read[len(on_device):]]
+        if stuck_at:
+            raise RuntimeError(f"sequences {stuck_at} have masked positions but no row that predicts them survived "
+                               "this step (an eviction policy must keep at least one masked row)")
+        bad = [i for i, s in enumerate(logit_sums) if not math.isfinite(s)]
+        if bad:
             raise FloatingPointError(
-                f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences "
-                f"{bad.nonzero().flatten().tolist()} of the batch; nothing was committed. The weights or the "
-                "activations overflowed: check the checkpoint (load_model checks it unless check_finite=False) "
-                "and the dtype")
+                f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences {bad} of the "
+                "batch; nothing was committed. The weights or the activations overflowed: check the checkpoint "
+                "(load_model checks it unless check_finite=False) and the dtype")
+        n, n_active = int(sum(committed)), int(sum(active))
         for i, c in enumerate(computed):
-            rows = next(read) if isinstance(c, Tensor) else c
+            rows = int(next(counts)) if isinstance(c, Tensor) else c
             stats.row_layers += rows
             stats.row_layers_per_layer[i] += rows
         stats.tokens_committed += n

@@ -36,9 +36,8 @@ class DecodeState:
     span: int  # positions per block
     mask_id: int
     block_diffusion: bool  # blocks on the absolute grid (SDAR-like) rather than from each prompt's end
-    # set by the decoder at each step: (0-dim float64: the sum of the block's logits, finite unless one is not;
-    # those logits [B, S, V], the mask id's at -inf)
-    logit_check: tuple[Tensor, Tensor] | None = None
+    # set by the decoder at each step: [B] float64, the sum of each sequence's block logits (finite unless one is not)
+    logit_sums: Tensor | None = None
     # the step counters (`step_in_block`, `masked_at_block_start`), moved on by `settle` after each commit
     _step_in_block: Tensor = field(default=None, repr=False)  # type: ignore[assignment]
     _masked_at_block_start: Tensor = field(default=None, repr=False)  # type: ignore[assignment]
