@@ -308,7 +308,7 @@ class DiffusionDecoder:
             self.eviction.see_dense_commits(dense, call.policies)
         h, rows, views, computed = self._run_layers(state, call, step, rows, cached)
         call.mode.update(view, rows.as_mask(t))
-        commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block,
+        commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, step.last_budgeted,
                                                          start)
         if self.eviction:
             self.eviction.after_step(CommitView(step=step, slots=block_pos, masked=masked, has_logits=candidates,
@@ -338,17 +338,18 @@ class DiffusionDecoder:
         return view, need, masked_block, block_start, [*sizes, block_start]
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
-                ctx: StepContext, steps_per_block: int | None, start: int | None = None
+                ctx: StepContext, last_budgeted: Tensor | None, start: int | None = None
                 ) -> tuple[Any, Tensor, Tensor, Tensor | None]:
         """The unmasking decision: (policy's Commit, candidates [B, S], chosen [B, S] = slots committed now,
         stuck [B] = masked positions left but no row predicting them: `_apply` raises, after its one host sync;
-        None without eviction, where every masked position's row is computed). start: `_Slots.common_start`."""
+        None without eviction, where every masked position's row is computed). last_budgeted: [B] True at a
+        block's last budgeted step (`StepView.last_budgeted`; None without steps=). start: `_Slots.common_start`."""
         logits, candidates = self._block_logits(state, h, rows, block_pos, masked, start)
         stuck = masked.any(1) & ~candidates.any(1) if self.eviction else None
         commit = self.unmasking(logits, candidates, ctx)
         chosen = commit.commit & candidates
-        if steps_per_block is not None:  # the block's last budgeted step commits what is left
-            chosen |= candidates & (state.step_in_block >= steps_per_block - 1)[:, None]
+        if last_budgeted is not None:  # the block's last budgeted step commits what is left
+            chosen |= candidates & last_budgeted[:, None]
         return commit, candidates, chosen, stuck
 
     def _dense_commits(self, state: DecodeState, call: _Call, step: StepView, rows: Rows, cached: Tensor,
@@ -365,7 +366,7 @@ class DiffusionDecoder:
             ctx = replace(ctx, generators=tuple(torch.Generator(device=g.device).set_state(g.get_state())
                                                 for g in ctx.generators))
         block_pos, _ = step.block_slots()
-        _, _, chosen, _ = self._decide(state, h, rows, block_pos, masked, ctx, call.steps_per_block)
+        _, _, chosen, _ = self._decide(state, h, rows, block_pos, masked, ctx, step.last_budgeted)
         out = torch.zeros(state.x.shape[0], state.x.shape[1] + 1, dtype=torch.bool, device=state.x.device)
         return out.scatter_(1, torch.where(chosen, block_pos, state.x.shape[1]), chosen)[:, :-1]
 
@@ -635,8 +636,11 @@ class DiffusionDecoder:
 
     def _output(self, state: DecodeState, ids: list[list[int]], gen_length: int, stats: DecodeStats,
                 recorder: TraceRecorder | None) -> GenerationOutput:
-        idx = state.prompt_len[:, None] + torch.arange(gen_length, device=state.x.device)
-        tokens = state.x.gather(1, idx)
+        lengths = {len(p) for p in ids}
+        if len(lengths) == 1:  # equal prompts: the generation region is a slice
+            tokens = state.x[:, lengths.pop():]  # T = prompt + gen_length
+        else:
+            tokens = state.x.gather(1, state.prompt_len[:, None] + torch.arange(gen_length, device=state.x.device))
         eos = set(self.cfg.eos_ids)
         sequences = []
         for row in tokens.tolist():

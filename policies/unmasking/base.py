@@ -258,7 +258,7 @@ def top_k_commit(scores: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     [1, number of candidates] so that a row with candidates always commits one and a row
     without commits none. scores [B, L]; candidates [B, L] bool; k [B] int -> [B, L] bool."""
     n_candidates = candidates.sum(dim=-1)  # [B]
-    k = torch.minimum(k.long().clamp(min=1), n_candidates)
+    k = torch.minimum((k if k.dtype == torch.long else k.long()).clamp(min=1), n_candidates)
     return (rank_candidates(scores, candidates) < k.unsqueeze(-1)) & candidates
 
 

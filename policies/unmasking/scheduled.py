@@ -29,7 +29,10 @@ from .base import (
 
 def step_index(ctx: StepContext, batch: int, device: torch.device) -> Tensor:
     """ctx.step as a [B] long tensor (the decoder passes one step counter per sequence)."""
-    return torch.as_tensor(ctx.step, device=device).long().expand(batch)
+    step = ctx.step
+    if isinstance(step, Tensor) and step.dtype == torch.long and step.shape == (batch,):
+        return step  # what the decoder passes, as it is
+    return torch.as_tensor(step, device=device).long().expand(batch)
 
 
 def is_last_step(ctx: StepContext, batch: int, device: torch.device) -> Tensor:
