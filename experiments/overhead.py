@@ -12,7 +12,7 @@ the ratio of tokens/s is the decoder's bookkeeping overhead. `--peer llada` comp
 instead with LLaDA's own `generate.py` loop (one full forward per step, no cache) against the
 decoder doing the same (LowConfidence, cache="none"), and `--peer fast_dllm` with Fast-dLLM's
 dual-cache threshold loop (Threshold(0.9), cache="dual"). Timed side by side in one process,
-interleaved, best of `--repeats`; the tokens must agree.
+call by call interleaved (`measure`); the tokens must agree.
 
 Shapes: B batch, T positions, L rows, G kv heads, D head dim, V vocab.
 """
@@ -182,25 +182,28 @@ def equal_work_pair(model: Transformer, prompts: Tensor, gen_length: int, peer: 
 
 def measure(run_decoder: Callable[[], Tensor], run_peer: Callable[[], Tensor], n_tokens: int, repeats: int,
             sample_s: float = 0.25) -> dict[str, float]:
-    """tokens/s of the decoder and of its peer loop (interleaved, best of repeats); their tokens must agree.
+    """tokens/s of the decoder and of its peer loop, their calls interleaved; their tokens must agree.
 
-    Each timed sample repeats a call until it lasts about `sample_s` seconds, so that short calls
-    (batch 1 takes a few milliseconds) are not at the mercy of a single scheduler hiccup.
+    The two alternate call by call (decoder then peer, then peer then decoder, ...) for `repeats`
+    samples of about `sample_s` seconds of each loop, and each rate is its total tokens over its
+    total time (garbage collection included, as a user runs them). A drift in the machine's speed
+    (a shared 2-core machine drifts) then slows both loops alike; best-of-n samples of one loop
+    at a time swung the ratio by 5-10% from run to run.
     """
     if not torch.equal(run_decoder(), run_peer()):  # also the warm-up
         raise AssertionError("the peer loop and the decoder disagree: the comparison is not at equal work")
     t0 = time.perf_counter()
     run_decoder()
-    calls = max(1, round(sample_s / max(time.perf_counter() - t0, 1e-6)))
-    best = {"decoder": float("inf"), "peer": float("inf")}
-    for _ in range(repeats):
-        for name, run in (("decoder", run_decoder), ("peer", run_peer)):
+    calls = repeats * max(1, round(sample_s / max(time.perf_counter() - t0, 1e-6)))
+    total = {"decoder": 0.0, "peer": 0.0}
+    pair = (("decoder", run_decoder), ("peer", run_peer))
+    for i in range(calls):
+        for name, run in pair if i % 2 == 0 else pair[::-1]:
             t0 = time.perf_counter()
-            for _ in range(calls):
-                run()
-            best[name] = min(best[name], (time.perf_counter() - t0) / calls)
-    return {"decoder_tokens_per_s": n_tokens / best["decoder"], "peer_tokens_per_s": n_tokens / best["peer"],
-            "ratio": best["peer"] / best["decoder"]}
+            run()
+            total[name] += time.perf_counter() - t0
+    return {"decoder_tokens_per_s": n_tokens * calls / total["decoder"],
+            "peer_tokens_per_s": n_tokens * calls / total["peer"], "ratio": total["peer"] / total["decoder"]}
 
 
 def main() -> None:
@@ -213,7 +216,7 @@ def main() -> None:
                          "fast_dllm: Fast-dLLM's dual-cache threshold loop (full-attention models)")
     ap.add_argument("--block-length", type=int, default=8, help="block_length of --peer llada / fast_dllm")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="samples of about 0.25 s of each loop, interleaved call by call")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -75,3 +75,22 @@ def test_fast_dllm_dual_loop_gives_the_decoders_dual_cache_tokens():
         assert torch.equal(ours.tokens, ref[:, 4:]) and model.cfg.mask_id not in ref.tolist()
     ours, peer = equal_work_pair(model, same_length[:1], GEN, "fast_dllm", BLOCK)
     assert torch.equal(ours(), peer())
+
+
+def test_measure_interleaves_the_two_loops_call_by_call():
+    """After the equal-work check and one sizing call, the loops alternate, each going first in turn."""
+    from focuslib.experiments.overhead import measure
+
+    order: list[str] = []
+
+    def loop(name):
+        def run():
+            order.append(name)
+            return torch.zeros(1, 4)
+        return run
+
+    rates = measure(loop("d"), loop("p"), n_tokens=4, repeats=3, sample_s=0.0)  # one call per sample
+    assert order[:3] == ["d", "p", "d"]
+    assert order[3:] == ["d", "p", "p", "d", "d", "p"]
+    assert rates["decoder_tokens_per_s"] > 0 and rates["peer_tokens_per_s"] > 0
+    assert abs(rates["ratio"] - rates["decoder_tokens_per_s"] / rates["peer_tokens_per_s"]) < 1e-9
