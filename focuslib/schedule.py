@@ -99,9 +99,10 @@ class DecodeState:
             b, t = self.x.shape
             out = torch.full((b, t + 1), NOT_COMMITTED, device=self.x.device)
             if self._commits:  # a position is committed once; the trash column T takes the rest
-                steps = torch.tensor([step for step, _ in self._commits], device=out.device)
                 slots = torch.cat([slot for _, slot in self._commits], 1)  # [B, steps x S]
-                out.scatter_(1, slots, steps.repeat_interleave(self.span).expand_as(slots))
+                steps = torch.tensor([step for step, slot in self._commits for _ in range(slot.shape[1])],
+                                     device=out.device)
+                out.scatter_(1, slots, steps.expand_as(slots))
             self._committed_step = out[:, :t]
         return self._committed_step
 

@@ -56,3 +56,13 @@ def test_a_model_whose_pad_id_is_its_mask_id_pads_with_another_id():
     ref, out = (DiffusionDecoder(m, LowConfidence()).generate([[3, 4, 5], [6]], gen_length=8, steps=8)
                 for m in (model, clash))
     assert out.sequences == ref.sequences and ref.stats.steps == out.stats.steps
+
+
+def test_committed_step_records_each_commit_at_its_step_whatever_the_slot_width():
+    """committed_step is rebuilt from the commits' slots: two steps, the second through fewer slots than a block."""
+    s = DecodeState.start([[1, 2, 3, 4]], 4, mask_id=M, pad_id=0, block_size=4, block_diffusion=True)
+    s.commit(torch.tensor([[4, 5, 6, 7]]), torch.tensor([[False, True, False, False]]), torch.full((1, 4), 7), step=0)
+    s.commit(torch.tensor([[6, 7]]), torch.tensor([[False, True]]), torch.full((1, 2), 8), step=1)
+    assert s.committed_step.tolist() == [[NOT_COMMITTED] * 5 + [0, NOT_COMMITTED, 1]]
+    assert s.x.tolist() == [[1, 2, 3, 4, M, 7, M, 8]]
+    assert s.step_in_block.tolist() == [2] and s.masked_at_block_start.tolist() == [4]
