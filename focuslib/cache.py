@@ -76,6 +76,10 @@ class CacheMode:
     """Base: decides rows to compute and K/V that may be reused; `update` sees what was computed."""
 
     reuses_kv: bool = True  # False: no step ever reads K/V of an earlier step (nothing needs storing)
+    # True: rows, reusable and update follow the block structure, not the tokens: from a block's second step
+    # on, every step computes the same rows and reuses the same K/V, and update changes nothing, until a block
+    # moves (the decoder plans such rows once per block). False: they change as tokens are decoded.
+    steady: bool = True
 
     def __init__(self, batch: int, positions: int, device: torch.device | str) -> None:
         self.final = torch.zeros(batch, positions, dtype=torch.bool, device=device)  # True = cached K/V is final
@@ -149,6 +153,8 @@ class DelayedCache(BlockCache):
     attend_beyond_last_row: False (the FOCUS/LMDeploy engine) -- a step's attention ends at
     its last computed row, so frozen positions right of it are not attended; True -- they are.
     """
+
+    steady = False  # a position freezes as soon as it and its right neighbour are decoded
 
     def __init__(self, batch: int, positions: int, device: torch.device | str,
                  attend_beyond_last_row: bool = False) -> None:

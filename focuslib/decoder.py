@@ -154,6 +154,19 @@ class _Call:
     row_tables: tuple[Rows, tuple[Tensor, Tensor], Tensor] | None = None
     slots: _Slots | None = None  # the current blocks' slots, rebuilt when a block start moves
     n_active: int = 0  # sequences not done at the start of the step (read in the last step's sync)
+    replan: bool = True  # a block moved at the last commit (or none was decoded yet): its rows may still change
+    # per sequence, on the host: tokens committed, and 1 + the last step that committed one (0: none yet)
+    committed_per_sequence: list[int] = field(default_factory=list)
+    steps_per_sequence: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _KeyTables:
+    """What a plan's rows may attend at the start of a step: built at its first step, kept by its repeats."""
+
+    cached: Tensor | None = None  # [B, T] bool, `CacheMode.reusable`
+    keys: _Keys | None = None
+    mask: Tensor | None = None  # [B, L, K] bool, `_attention_mask` of the keys at the step's start
 
 
 @dataclass(frozen=True)
@@ -163,22 +176,38 @@ class _Plan:
     view: BlockView
     need: Tensor  # [B, T] bool, positions the cache mode needs computed
     masked_block: Tensor  # [B, T] bool, masked positions of the current blocks (what may be committed)
+    n_masked: Tensor  # [B] long, masked positions of each current block (`StepView.n_masked`)
     block_start: Tensor  # [B] long, first position of each sequence's current block
     starts: tuple[int, ...]  # block_start on the host
+    masked_left: tuple[int, ...]  # n_masked on the host
+    active: tuple[bool, ...]  # the sequences not done, on the host
     rows: Rows  # the True entries of need
-    masked_width: int | None  # most masked rows of any sequence among the rows (`LayerView.masked_width`)
+    repeated: bool = False  # the last step's plan again (`repeat`): the cache mode has nothing to update
+    tables: _KeyTables = field(default_factory=_KeyTables)
+
+    @property
+    def masked_width(self) -> int:
+        """The most masked rows of any sequence (`LayerView.masked_width`): every masked row of a block is computed."""
+        return max(self.masked_left)
 
     @classmethod
-    def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, block_start: Tensor, sizes: list[int],
-             last: "_Plan | None" = None) -> "_Plan":
-        """The plan from `_next_rows`'s tensors and their sizes as read on the host ([row stats (5), masked
-        width (eviction or traces), block starts (B)]); the last plan's rows are reused when they are the
-        same span (with their masks, packer and RoPE tables)."""
-        b = block_start.shape[0]
-        sizes, starts = sizes[:-b], tuple(sizes[-b:])
-        masked_width = sizes[5] if len(sizes) > 5 else None
-        return cls(view, need, masked_block, block_start, starts,
-                   Rows.from_stats(need, sizes[:5], last.rows if last else None), masked_width)
+    def read(cls, view: BlockView, need: Tensor, masked_block: Tensor, n_masked: Tensor, block_start: Tensor,
+             sizes: list[int], last: "_Plan | None" = None) -> "_Plan":
+        """The plan from `_next_rows`'s tensors and their sizes as read on the host ([row stats (5), n_masked (B),
+        active (B), block starts (B)]); the last plan's rows are reused when they are the same span (with their
+        masks, packer and RoPE tables)."""
+        b = n_masked.shape[0]
+        stats, left = sizes[:5], tuple(sizes[5:5 + b])
+        active, starts = tuple(bool(a) for a in sizes[5 + b:5 + 2 * b]), tuple(sizes[5 + 2 * b:])
+        rows = Rows.from_stats(need, stats, last.rows if last else None)
+        return cls(view, need, masked_block, n_masked, block_start, starts, left, active, rows)
+
+    def repeat(self, masked: Tensor, committed: Tensor, left: list[int]) -> "_Plan":
+        """This plan again for the next step, after commits that moved no block under a steady cache mode
+        (`CacheMode.steady`): the same rows and keys; masked [B, T] is the state's, committed [B] the
+        commits per sequence (left: the same subtracted on the host)."""
+        return replace(self, view=replace(self.view, masked=masked), masked_block=self.masked_block & masked,
+                       n_masked=self.n_masked - committed, masked_left=tuple(left), repeated=True)
 
 
 class DiffusionDecoder:
@@ -269,16 +298,17 @@ class DiffusionDecoder:
             policies=self.eviction.begin(b, t, dev), recorder=TraceRecorder(*self._trace_layers()) if trace else None,
             steps_per_block=self._steps_per_block(gen_length, steps),
             generators=sequence_generators(seed, sequence_ids, b, dev),
-            stop_at_eos=stop_at_eos, dense_labels=dense_labels)
+            stop_at_eos=stop_at_eos, dense_labels=dense_labels, committed_per_sequence=[0] * b,
+            steps_per_sequence=[0] * b)
         with collector_paused():
             # every sequence starts with gen_length >= 1 masked positions (`request_problems`): none is done
-            *planned, sizes = self._next_rows(state, call)
+            planned, sizes = self._next_rows(state, call)
             call.plan = _Plan.read(*planned, torch.cat(sizes).tolist())
             call.n_active, finished = b, False
             while not finished:
                 finished = self._step(state, call)
         call.stats.wall_time_s = time.perf_counter() - start
-        return self._output(state, ids, gen_length, call.stats, call.recorder)
+        return self._output(state, ids, gen_length, call)
 
     # -- one step ----------------------------------------------------------------
 
@@ -287,7 +317,9 @@ class DiffusionDecoder:
         plan = call.plan
         view, rows, masked_block = plan.view, plan.rows, plan.masked_block
         t = state.x.shape[1]
-        cached = call.mode.reusable(view)  # K/V the mode lets this step reuse
+        if plan.tables.cached is None:
+            plan.tables.cached = call.mode.reusable(view)  # K/V the mode lets this step reuse
+        cached = plan.tables.cached
         if call.slots is None or call.slots.starts != plan.starts:
             call.slots = _Slots.of(plan.block_start, plan.starts, state.span, t)
         slots = call.slots
@@ -307,7 +339,8 @@ class DiffusionDecoder:
             dense = self._dense_commits(state, call, step, rows, cached, masked, ctx)
             self.eviction.see_dense_commits(dense, call.policies)
         h, rows, views, computed = self._run_layers(state, call, step, rows, cached)
-        call.mode.update(view, rows.as_mask(t))
+        if not plan.repeated:  # a repeated plan's rows change nothing in a steady mode
+            call.mode.update(view, rows.as_mask(t))
         commit, candidates, chosen, stuck = self._decide(state, h, rows, block_pos, masked, ctx, step.last_budgeted,
                                                          start)
         if self.eviction:
@@ -319,10 +352,11 @@ class DiffusionDecoder:
                                          **({"dense_commit": dense} if call.dense_labels else {})})
         return self._apply(state, call, block_pos, chosen, commit.tokens, stuck, computed)
 
-    def _next_rows(self, state: DecodeState, call: _Call) -> tuple[BlockView, Tensor, Tensor, Tensor, list[Tensor]]:
-        """What the next step computes: (block view, need [B, T], masked_block [B, T], block_start [B], sizes);
-        sizes, 1-D on the device, are `Rows.stats` of need, the most masked rows of a sequence (eviction or
-        traces) and block_start, to be read in one host sync (`_Plan.read`)."""
+    def _next_rows(self, state: DecodeState, call: _Call
+                   ) -> tuple[tuple[BlockView, Tensor, Tensor, Tensor, Tensor], list[Tensor]]:
+        """What the next step computes: ((block view, need [B, T], masked_block [B, T], n_masked [B], block_start
+        [B]), sizes); sizes, 1-D on the device, are `Rows.stats` of need, n_masked, the active flags and
+        block_start, to be read in one host sync (`_Plan.read`)."""
         view = state.view()
         need = call.mode.rows(view)
         if self.cfg.logit_shift:  # Dream: position p is read from row p - 1, so that row must be computed
@@ -331,11 +365,10 @@ class DiffusionDecoder:
         if state.x.shape[0] > 1:  # done sequences compute nothing (one alone ends the call: its plan is not used)
             active = state.active[:, None]
             need, masked_block = need & active, masked_block & active
-        sizes = Rows.stats(need, state.ends_table)
-        if self.eviction or call.recorder is not None:  # the widest masked rows: what FOCUS's kernels pack
-            sizes.append((need & masked_block).sum(1).max()[None])
+        n_masked = masked_block.sum(1)
         block_start = state.block_start()
-        return view, need, masked_block, block_start, [*sizes, block_start]
+        sizes = [*Rows.stats(need, state.ends_table), n_masked, state.active, block_start]
+        return (view, need, masked_block, n_masked, block_start), sizes
 
     def _decide(self, state: DecodeState, h: Tensor, rows: Rows, block_pos: Tensor, masked: Tensor,
                 ctx: StepContext, last_budgeted: Tensor | None, start: int | None = None
@@ -376,7 +409,7 @@ class DiffusionDecoder:
         last = None if steps_per_block is None else state.step_in_block >= steps_per_block - 1
         return StepView(step=index, tokens=state.x, mask_id=self.cfg.mask_id, prompt_len=state.prompt_len,
                         block_start=plan.block_start, span=state.span, step_in_block=state.step_in_block,
-                        masked_at_block_start=state.masked_at_block_start, n_masked=plan.masked_block.sum(1),
+                        masked_at_block_start=state.masked_at_block_start, n_masked=plan.n_masked,
                         active=state.active, logit_shift=int(self.cfg.logit_shift), last_budgeted=last,
                         slots=(slots.pos, slots.in_range))
 
@@ -404,13 +437,16 @@ class DiffusionDecoder:
         h = self.model.embed_rows(rows.take(tokens), rows.pos, answer_start)  # [B, L, C] ([2B, ...] guided)
         call.stats.forward_passes += 1
         runner = call.policies.runner if evict else DenseRunner()
-        computed_rows = rows.as_mask(t)
-        keys = _Keys(cached=cached, computed=computed_rows, at_start=cached | computed_rows,
-                     stale=self.eviction.evicted_keys == "stale")
         if call.row_tables is None or call.row_tables[0] is not planned:  # rebuilt when the rows change
             call.row_tables = (planned, packed_rope(self.cfg, rows.pos, rows.packer), self._attention_rule(rows, t))
         _, rope, rule = call.row_tables
-        mask = self._attention_mask(rows, keys.at_start, rule)  # [B, L, K]
+        tables = call.plan.tables  # the keys at the step's start, kept while the plan repeats
+        if tables.keys is None:
+            computed_rows = rows.as_mask(t)
+            tables.keys = _Keys(cached=cached, computed=computed_rows, at_start=cached | computed_rows,
+                                stale=self.eviction.evicted_keys == "stale")
+            tables.mask = self._attention_mask(rows, tables.keys.at_start, rule)  # [B, L, K]
+        keys, mask = tables.keys, tables.mask
         hooks = evict and bool(self.eviction)
         traced = call.recorder.layers if call.recorder is not None else ()
         masked_rows = rows.take(masked_block) & rows.valid if hooks or traced else None  # what policies see
@@ -550,26 +586,39 @@ class DiffusionDecoder:
 
     def _apply(self, state: DecodeState, call: _Call, block_pos: Tensor, chosen: Tensor, tokens: Tensor,
                stuck: Tensor | None, computed: list[int | Tensor]) -> bool:
-        """Commit the chosen tokens (`DecodeState.commit`: blocks, step counters, done flags), plan the next
-        step's rows, then check the step and count it; returns True when every sequence is done.
+        """Commit the chosen tokens (`DecodeState.write`), move the blocks on, plan the next step's rows, then
+        check the step and count it; returns True when every sequence is done.
 
-        stuck [B] (or None): from `_decide`; computed: row counts per layer from `_run_layers`. The step's one
-        host sync reads them with the commit and done counts and the next rows' sizes (a failed
-        check raises after the writes: the call's state is dropped with it, so nothing reaches the caller).
+        The step's one host sync reads the commits per sequence, so the host knows whether a block
+        finished (its masked count reached 0) or a sequence ended (EOS). While a block's rows may still
+        change (its first step, or a cache mode that is not steady: `CacheMode.steady`), the blocks move
+        on (`DecodeState.advance`) and the next rows are planned before the sync, which reads their sizes
+        too. Once they have settled, a step that moves no block (most steps) leaves the blocks as they
+        are (`DecodeState.hold`) and repeats its rows (`_Plan.repeat`); one that does moves them after
+        the sync, plans, and reads the new rows' sizes in a second sync. stuck [B] (or None): from
+        `_decide`; computed: row counts per layer from `_run_layers`, read in the same sync (a failed check
+        raises after the writes: the call's state is dropped with it, so nothing reaches the caller).
         """
-        stats = call.stats
+        stats, plan = call.stats, call.plan
         b = chosen.shape[0]
-        state.commit(block_pos, chosen, tokens, stats.steps, self.cfg.eos_ids if call.stop_at_eos else ())
-        *planned, sizes = self._next_rows(state, call)
+        state.write(block_pos, chosen, tokens, stats.steps)
+        eos = state.eos_reached(self.cfg.eos_ids) if call.stop_at_eos and self.cfg.eos_ids else None
+        ahead = call.replan or not call.mode.steady  # the next rows may change though no block moves
+        if ahead:
+            state.advance(eos)
+            planned, sizes = self._next_rows(state, call)
         on_device = [c for c in computed if isinstance(c, Tensor)]
-        # per sequence: logit sums, commits, active flags (and stuck flags); then the layers' row counts and the
-        # next rows' sizes. The one sync; the float64 sums promote the rest, exactly.
-        pieces = [state.logit_sums, chosen.sum(1), state.active, *([] if stuck is None else [stuck])]
-        read = torch.cat([*pieces, *([torch.stack(on_device)] if on_device else []), *sizes]).tolist()
-        logit_sums, committed, active = read[:b], read[b:2 * b], read[2 * b:3 * b]
-        stuck_at = [i for i, s in enumerate(read[3 * b:4 * b]) if s] if stuck is not None else []
-        read = read[3 * b + (b if stuck is not None else 0):]
-        counts, next_sizes = iter(read[:len(on_device)]), [int(v) for v in read[len(on_device):]]
+        commits = chosen.sum(1)  # [B]
+        # per sequence: logit sums, commits (and EOS, stuck flags); then the layers' row counts and the next
+        # rows' sizes. The one sync; the float64 sums promote the rest, exactly.
+        flags = [f for f in (eos, stuck) if f is not None]
+        read = torch.cat([state.logit_sums, commits, *flags, *([torch.stack(on_device)] if on_device else []),
+                          *(sizes if ahead else [])]).tolist()
+        logit_sums, committed = read[:b], [int(c) for c in read[b:2 * b]]
+        eos_at = read[2 * b:3 * b] if eos is not None else [0.0] * b
+        at = (2 + len(flags)) * b
+        stuck_at = [i for i, s in enumerate(read[at - b:at]) if s] if stuck is not None else []
+        counts, next_sizes = iter(read[at:at + len(on_device)]), [int(v) for v in read[at + len(on_device):]]
         if stuck_at:
             raise RuntimeError(f"sequences {stuck_at} have masked positions but no row that predicts them survived "
                                "this step (an eviction policy must keep at least one masked row)")
@@ -579,7 +628,7 @@ class DiffusionDecoder:
                 f"step {stats.steps}: the model's logits are not finite (NaN or Inf) for sequences {bad} of the "
                 "batch; nothing was committed. The weights or the activations overflowed: check the checkpoint "
                 "(load_model checks it unless check_finite=False) and the dtype")
-        n, n_active = int(sum(committed)), int(sum(active))
+        n = sum(committed)
         for i, c in enumerate(computed):
             rows = int(next(counts)) if isinstance(c, Tensor) else c
             stats.row_layers += rows
@@ -588,13 +637,25 @@ class DiffusionDecoder:
         stats.committed_per_step.append(n)
         stats.sequence_steps += call.n_active
         stats.steps += 1
-        call.n_active = n_active
-        if not n_active:
-            call.plan = None
-            return True
-        last, call.plan = call.plan, _Plan.read(*planned, next_sizes, call.plan)
-        state.settle(blocks_moved=call.plan.starts != last.starts)  # the starts were read in the sync
-        return False
+        for i, c in enumerate(committed):
+            if c:
+                call.committed_per_sequence[i] += c
+                call.steps_per_sequence[i] = stats.steps
+        left = [m - c for m, c in zip(plan.masked_left, committed)]
+        # a block finished (nothing masked is left in it) or a sequence generated its EOS
+        call.replan = moved = any(a and (m == 0 or e) for a, m, e in zip(plan.active, left, eos_at))
+        if ahead:
+            call.plan = _Plan.read(*planned, next_sizes, plan)
+            state.settle(blocks_moved=moved)
+        elif moved:
+            state.advance(eos)
+            planned, sizes = self._next_rows(state, call)
+            call.plan = _Plan.read(*planned, torch.cat(sizes).tolist(), plan)  # the step's second sync
+        else:
+            state.hold()
+            call.plan = plan.repeat(state.masked, commits, left)
+        call.n_active = sum(call.plan.active)
+        return not call.n_active
 
     # -- setup -------------------------------------------------------------------
 
@@ -634,8 +695,7 @@ class DiffusionDecoder:
         batch = state.x.shape[0] * (2 if self.cfg_scale else 1)  # guidance: the unconditional copy's K/V too
         return KVCache(cfg.n_layers, batch, state.x.shape[1], cfg.n_kv_heads, cfg.head_dim, w.dtype, w.device)
 
-    def _output(self, state: DecodeState, ids: list[list[int]], gen_length: int, stats: DecodeStats,
-                recorder: TraceRecorder | None) -> GenerationOutput:
+    def _output(self, state: DecodeState, ids: list[list[int]], gen_length: int, call: _Call) -> GenerationOutput:
         lengths = {len(p) for p in ids}
         if len(lengths) == 1:  # equal prompts: the generation region is a slice
             tokens = state.x[:, lengths.pop():]  # T = prompt + gen_length
@@ -649,11 +709,10 @@ class DiffusionDecoder:
         text = None
         if self.tokenizer is not None:
             text = [self.tokenizer.decode(s, skip_special_tokens=True) for s in sequences]
-        trace = recorder.frame(state.committed_step) if recorder is not None else None
-        committed = state.committed_step >= 0
-        return GenerationOutput(sequences=sequences, tokens=tokens, stats=stats, text=text, trace=trace,
-                                steps_per_sequence=(state.committed_step.max(1).values + 1).tolist(),
-                                committed_per_sequence=committed.sum(1).tolist())
+        trace = call.recorder.frame(state.committed_step) if call.recorder is not None else None
+        return GenerationOutput(sequences=sequences, tokens=tokens, stats=call.stats, text=text, trace=trace,
+                                steps_per_sequence=call.steps_per_sequence,
+                                committed_per_sequence=call.committed_per_sequence)
 
 
 def _take_rows(h: Tensor, index: Tensor | slice) -> Tensor:

@@ -169,8 +169,14 @@ class DecodeState:
     def commit(self, block_pos: Tensor, chosen: Tensor, tokens: Tensor, step: int, eos_ids: tuple[int, ...] = ()
                ) -> None:
         """Write tokens [B, S] at block slots block_pos [B, S] where chosen [B, S], then move blocks, step
-        counters and done flags on. eos_ids non-empty: a sequence is also done once an EOS is generated with
-        nothing masked before it. The step counters move on at `settle` (or when next read)."""
+        counters and done flags on (`write`, then `advance`). eos_ids non-empty: a sequence is also done once
+        an EOS is generated with nothing masked before it."""
+        self.write(block_pos, chosen, tokens, step)
+        self.advance(self.eos_reached(eos_ids) if eos_ids else None)
+
+    def write(self, block_pos: Tensor, chosen: Tensor, tokens: Tensor, step: int) -> None:
+        """Write tokens [B, S] at block slots block_pos [B, S] where chosen [B, S]; the blocks move on at
+        `advance`, or stay at `hold` when the caller knows that no block finished."""
         self.settle()
         t = self.x.shape[1]
         slot = torch.where(chosen, block_pos, t)  # [B, S]: slots not committed write to the trash column
@@ -178,22 +184,33 @@ class DecodeState:
         self.x = self._padded[:, :t]
         self._commits.append((step, slot))
         self._committed_step = None
-        self.masked = masked = self.x == self.mask_id  # [B, T]; padding is never the mask id
-        block = torch.where(masked, self.block_id, _NO_BLOCK).amin(1)
+        self.masked = self.x == self.mask_id  # [B, T]; padding is never the mask id
+
+    def advance(self, eos_hit: Tensor | None = None) -> None:
+        """After `write`: each sequence's current block becomes its first block with a mask left, and a
+        sequence with none left is done; so is one with eos_hit [B] True (`eos_reached`). The step
+        counters move on at `settle` (or when next read)."""
+        block = torch.where(self.masked, self.block_id, _NO_BLOCK).amin(1)
         self.block_changed = block != self.current_block
         self.in_block = self._block_in_sequence == block[:, None]
         self.current_block = block
         self._unsettled = True
         self.active = block != _NO_BLOCK  # something masked is left
-        if eos_ids:
-            self.active &= ~self._eos_reached(masked, eos_ids)
+        if eos_hit is not None:
+            self.active &= ~eos_hit
+
+    def hold(self) -> None:
+        """After a `write` that finished no sequence's block and ended no sequence (the caller knows it on
+        the host, e.g. from the commit counts): the blocks stay, and each step counter moves on by one."""
+        self.settle()
+        self.block_changed = self._unchanged
+        self._step_in_block = self._step_in_block + 1
 
     def settle(self, blocks_moved: bool = True) -> None:
-        """Move the step counters on after a commit (reading them does it too; a no-op when they are settled).
+        """Move the step counters on after `advance` (reading them does it too; a no-op when they are settled).
 
-        blocks_moved=False: the caller knows on the host that no sequence's block start moved at the
-        commit (the decoder reads the starts in its one sync per step); the counters then take one
-        call instead of five."""
+        blocks_moved=False: the caller knows on the host that no sequence's block moved at the commit
+        (the decoder counts the masked positions left); the counters then take one call instead of five."""
         if not self._unsettled:
             return
         self._unsettled = False
@@ -205,8 +222,14 @@ class DecodeState:
         self._masked_at_block_start = torch.where(changed, (self.in_block & self.masked).sum(1),
                                                   self._masked_at_block_start)
 
-    def _eos_reached(self, masked: Tensor, eos_ids: tuple[int, ...]) -> Tensor:
-        """[B] True = an EOS was generated with nothing masked before it."""
+    @cached_property
+    def _unchanged(self) -> Tensor:
+        """[B] bool, all False: `block_changed` after `hold`."""
+        return torch.zeros_like(self.active)
+
+    def eos_reached(self, eos_ids: tuple[int, ...]) -> Tensor:
+        """[B] True = an EOS of eos_ids was generated with nothing masked before it."""
+        masked = self.masked
         t = self.x.shape[1]
         eos = torch.isin(self.x, torch.tensor(eos_ids, device=self.x.device)) & self._generation
         first_eos = torch.where(eos.any(1), eos.float().argmax(1), t)

@@ -509,8 +509,9 @@ def test_stats_are_consistent(family):
 SYNC_METHODS = ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__")  # each waits for the device
 
 
-def host_syncs_per_step(decoder: DiffusionDecoder, prompts, gen_length: int) -> list[int]:
-    """Calls of host-syncing tensor methods inside each decoder step (CPU stands in for the device)."""
+def host_syncs_per_step(decoder: DiffusionDecoder, prompts, gen_length: int) -> list[tuple[int, bool]]:
+    """Per decoder step: calls of host-syncing tensor methods inside it (CPU stands in for the device), and
+    whether its commits moved a block on (a sequence's current block changed, or the sequence ended)."""
     per_step, inside = [], [False]
     originals = {n: getattr(torch.Tensor, n) for n in SYNC_METHODS}
     step = DiffusionDecoder._step
@@ -518,17 +519,19 @@ def host_syncs_per_step(decoder: DiffusionDecoder, prompts, gen_length: int) -> 
     def counting(name):
         def method(self, *args, **kwargs):
             if inside[0]:
-                per_step[-1] += 1
+                per_step[-1][0] += 1
             return originals[name](self, *args, **kwargs)
         return method
 
     def counted_step(self, state, call):
-        per_step.append(0)
+        before = state.current_block.clone(), state.active.clone()
+        per_step.append([0, False])
         inside[0] = True
         try:
             return step(self, state, call)
         finally:
             inside[0] = False
+            per_step[-1][1] = not (torch.equal(before[0], state.current_block) and torch.equal(before[1], state.active))
 
     try:
         for name in SYNC_METHODS:
@@ -539,29 +542,40 @@ def host_syncs_per_step(decoder: DiffusionDecoder, prompts, gen_length: int) -> 
         for name, method in originals.items():
             setattr(torch.Tensor, name, method)
         DiffusionDecoder._step = step
-    return per_step
+    return [(n, moved) for n, moved in per_step]
+
+
+def expected_syncs(syncs: list[tuple[int, bool]], steady: bool, base: int) -> list[int]:
+    """`base` syncs a step, one more at a step that moves a block after a step that moved none (its rows
+    were repeated, not planned ahead) in a steady cache mode."""
+    moved = [m for _, m in syncs]
+    return [base + (steady and m and i > 0 and not moved[i - 1]) for i, m in enumerate(moved)]
 
 
 @pytest.mark.parametrize("cache", ["none", "block", "delayed"])
 def test_a_dense_step_waits_for_the_device_once(cache):
-    """One read of the step's counters, its done flag and the next step's row sizes (planned right
-    after the commits): everything else stays on the device. (The first step's rows are read
-    before the loop.)"""
+    """One read of the step's commits, checks and counters, and of the next step's row sizes when they
+    are planned before it (a block's first step; every step of a cache mode that is not steady): everything
+    else stays on the device. Once a block's rows repeat, a step that finishes the block plans the next
+    rows after that read, and reads their sizes in a second. (The first step's rows are read before the loop.)"""
     decoder = DiffusionDecoder(tiny_model("sdar"), Threshold(0.9), cache=cache)
-    syncs = host_syncs_per_step(decoder, [[3, 4, 5], [6, 7]], gen_length=16)
-    assert len(syncs) >= 2 and set(syncs) == {1}
+    syncs = host_syncs_per_step(decoder, [[3, 4, 5], [6, 7]], gen_length=24)
+    moved = [m for _, m in syncs]
+    assert sum(moved) >= 2 and not all(moved)  # both kinds of step happen
+    assert [n for n, _ in syncs] == expected_syncs(syncs, cache != "delayed", base=1)
+    assert any(n == 2 for n, _ in syncs) == (cache != "delayed")
 
 
 def test_a_focus_step_waits_once_more_for_its_compaction():
-    """FOCUS's importance packs the masked rows with the width read in the step's sync; only the
-    compaction of the kept rows (their count depends on the eviction decision) waits again."""
+    """FOCUS's importance packs the masked rows with the width known on the host; only the compaction
+    of the kept rows (their count depends on the eviction decision) waits again."""
     from focuslib.policies.budget import FocusBudget
     from focuslib.policies.eviction import Focus
 
     decoder = DiffusionDecoder(tiny_model("sdar"), Threshold(0.9), cache="delayed", eviction=Focus(),
                                budget=FocusBudget())
     syncs = host_syncs_per_step(decoder, [[3, 4, 5], [6, 7]], gen_length=16)
-    assert len(syncs) >= 2 and set(syncs) == {2}
+    assert len(syncs) >= 2 and {n for n, _ in syncs} == {2}
 
 
 def test_the_collector_is_paused_while_decoding_and_restored_after():
