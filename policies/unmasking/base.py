@@ -247,10 +247,9 @@ def rank_candidates(scores: Tensor, candidates: Tensor) -> Tensor:
     Ties go to the leftmost row (stable sort), so results do not depend on how a backend's
     topk breaks ties. scores [B, L] float; candidates [B, L] bool -> ranks [B, L] long."""
     floor = torch.finfo(scores.dtype).min
-    keyed = scores.clamp(min=floor).masked_fill(~candidates, -math.inf)  # -inf only off-candidate
+    keyed = torch.where(candidates, scores.clamp(min=floor), -math.inf)  # -inf only off-candidate
     order = keyed.argsort(dim=-1, descending=True, stable=True)  # [B, L]: row index by rank
-    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, positions)
+    return order.argsort(dim=-1)  # the inverse permutation: rank by row index
 
 
 def top_k_commit(scores: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
@@ -259,7 +258,7 @@ def top_k_commit(scores: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     without commits none. scores [B, L]; candidates [B, L] bool; k [B] int -> [B, L] bool."""
     n_candidates = candidates.sum(dim=-1)  # [B]
     k = torch.minimum((k if k.dtype == torch.long else k.long()).clamp(min=1), n_candidates)
-    return (rank_candidates(scores, candidates) < k.unsqueeze(-1)) & candidates
+    return rank_candidates(scores, candidates) < k[:, None]  # candidates hold the first ranks, and k <= their count
 
 
 def sampled_ranking(scores: Tensor, temperature: float, ctx: StepContext) -> Tensor:

@@ -51,7 +51,8 @@ def llada_quota(ctx: StepContext) -> Tensor:
     Returns [B] long. (LLaDA's `get_num_transfer_tokens`, one step at a time.)"""
     n0 = ctx.n_masked_at_block_start
     steps = ctx.steps_per_block
-    return n0 // steps + (step_index(ctx, n0.shape[0], n0.device) < n0 % steps).long()
+    # n0 // steps + (step < n0 % steps), in one floor division (step < steps; later steps commit all anyway)
+    return (n0 + (steps - 1) - step_index(ctx, n0.shape[0], n0.device)) // steps
 
 
 class _LLaDAQuota(UnmaskingPolicy):
