@@ -78,7 +78,7 @@ class LayerView:
     k: Tensor  # [B, L, G, D] keys of the rows at this layer
     masked: Tensor  # [B, L] bool, True = row is a still-masked position of its current block
     step: StepView
-    # masked.sum(1).max() when known on the host (read in the step's one sync; None once rows were
+    # masked.sum(1).max() when known on the host (counted from the step's sync; None once rows were
     # evicted): kernels that pack the masked rows take it as their width instead of syncing for it
     masked_width: int | None = None
 

@@ -9,9 +9,10 @@ Per step, for every unfinished sequence of the batch:
    drop rows between layers (FOCUS) or reuse cached rows (DyLLM);
 4. `_block_logits` -- logits of the surviving rows that predict the current block
    (Dream reads position p at row p - 1);
-5. the unmasking policy commits tokens; `_apply` hands them to `DecodeState.commit` (blocks,
-   step counters, EOS), plans the next step's rows (steps 1-2 of the next step) and reads the
-   step's counters with the next rows' sizes in the step's one host sync.
+5. the unmasking policy commits tokens; `_apply` writes them (`DecodeState.write`), reads the
+   commits per sequence in the step's host sync, and moves the blocks on (`advance`) or, when
+   none finished, keeps them (`hold`) and repeats the step's rows once they have settled
+   (docs/design.md, "Steady rows and the step's host syncs").
 
 Sequences of different lengths share a batch: each keeps its own positions,
 blocks and step counters, so a batch gives the same tokens as one at a time.
@@ -426,7 +427,7 @@ class DiffusionDecoder:
         `complete`: attention and FFN); the stack's policies may drop rows between them
         (`at_qkv`) and after the layer (`after_layer`). row_layers counts the rows whose
         attention and FFN really ran (`LayerOutput.computed`); the counts stay on the
-        device (`_apply` reads them in the step's one stats sync), so the loop adds no host sync.
+        device (`_apply` reads them in the step's sync), so the loop adds no host sync.
         Returns the final hidden rows, the rows that reached the end, the LayerView
         at the Q/K/V point of every layer a trace wants, and the row count of every layer.
         """
