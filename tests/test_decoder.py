@@ -69,6 +69,44 @@ def test_ragged_batch_equals_one_at_a_time(family, cache, policy):
     assert all(TINY_MASK not in s for s in batch.sequences)
 
 
+@pytest.mark.parametrize("policy", ["low_confidence", "threshold"])
+@pytest.mark.parametrize("family,cache", [(f, c) for f in FAMILIES for c in CACHES[f] if c != "delayed"])
+def test_repeating_a_steady_modes_rows_changes_nothing(family, cache, policy):
+    """A step that moves no block repeats its plan (`_Plan.repeat`) in a steady cache mode: the same
+    tokens, rows per layer, steps and per-sequence counts as planning every step afresh (steady off),
+    alone and in a ragged batch, with EOS stopping. One token a step (or a bar only the best row
+    passes) gives every block several steps."""
+    from unittest import mock
+
+    from focuslib.cache import cache_mode_class
+    from focuslib.decoder import _Plan
+
+    gen = 16
+    steps = gen if policy == "low_confidence" else None
+    model = sharp_model(family)
+    dec = DiffusionDecoder(model, LowConfidence() if policy == "low_confidence" else Threshold(0.999),
+                           block_size=None if model.cfg.block_diffusion else FULL_BLOCK, cache=cache)
+    repeats = []
+    repeat = _Plan.repeat
+
+    def counted_repeat(self, *args):
+        repeats.append(1)
+        return repeat(self, *args)
+
+    for prompts in ([PROMPTS[0]], PROMPTS):
+        with mock.patch.object(_Plan, "repeat", counted_repeat):
+            fast = dec.generate(prompts, gen_length=gen, steps=steps)
+        with mock.patch.object(cache_mode_class(model.cfg.attention, cache), "steady", False):
+            slow = dec.generate(prompts, gen_length=gen, steps=steps)
+        assert fast.tokens.tolist() == slow.tokens.tolist()
+        assert fast.sequences == slow.sequences
+        assert fast.stats.row_layers_per_layer == slow.stats.row_layers_per_layer
+        assert fast.stats.committed_per_step == slow.stats.committed_per_step
+        assert fast.steps_per_sequence == slow.steps_per_sequence
+        assert fast.committed_per_sequence == slow.committed_per_sequence
+    assert repeats  # the repeated plans were used
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. block diffusion: the KV cache of finished blocks is exact
 
