@@ -1,8 +1,10 @@
 """The block scheduler: where every sequence of a batch stands, and how a step's commits move it on.
 
 Tensor-only: no model, no tokenizer, no host sync. The decoder (`focuslib.decoder`)
-runs the model and the policies, then hands each step's commits to `DecodeState.commit`;
-sequences of different lengths keep their own positions, blocks and step counters.
+runs the model and the policies, then hands each step's commits to `DecodeState.write` and
+moves the blocks on (`advance`) or, when it knows that none finished, keeps them (`hold`);
+`commit` does write and advance in one. Sequences of different lengths keep their own
+positions, blocks and step counters.
 
 Shapes: B batch, T positions, S block slots.
 """

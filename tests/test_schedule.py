@@ -66,3 +66,25 @@ def test_committed_step_records_each_commit_at_its_step_whatever_the_slot_width(
     assert s.committed_step.tolist() == [[NOT_COMMITTED] * 5 + [0, NOT_COMMITTED, 1]]
     assert s.x.tolist() == [[1, 2, 3, 4, M, 7, M, 8]]
     assert s.step_in_block.tolist() == [2] and s.masked_at_block_start.tolist() == [4]
+
+
+def test_hold_keeps_the_blocks_and_moves_the_step_counters_by_one():
+    """A write that finishes no block, then hold: the same blocks, no block started, every step counter
+    one on, as advance gives on the same write."""
+    def written():
+        s = DecodeState.start([[1, 2, 3], [1, 2, 3, 4, 5]], 5, mask_id=M, pad_id=0, block_size=4,
+                              block_diffusion=True)
+        # current blocks: 0 (one mask, position 3) and 1 (positions 5-7); sequence 1 commits position 5
+        s.write(torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]), torch.tensor([[False] * 4, [False, True, False, False]]),
+                torch.full((2, 4), 7), step=0)
+        return s
+
+    held, advanced = written(), written()
+    held.hold()
+    advanced.advance()
+    assert held.x.tolist() == advanced.x.tolist() and held.x[1, 5] == 7
+    assert held.current_block.tolist() == [0, 1] == advanced.current_block.tolist()
+    assert held.block_changed.tolist() == [False, False] == advanced.block_changed.tolist()
+    assert held.step_in_block.tolist() == [1, 1] == advanced.step_in_block.tolist()
+    assert held.masked_at_block_start.tolist() == [1, 3] == advanced.masked_at_block_start.tolist()
+    assert held.masked[1].tolist() == [False] * 6 + [True] * 4
