@@ -175,14 +175,13 @@ class _Plan:
     """What the next step computes, decided right after the previous step's commits."""
 
     view: BlockView
-    need: Tensor  # [B, T] bool, positions the cache mode needs computed
     masked_block: Tensor  # [B, T] bool, masked positions of the current blocks (what may be committed)
     n_masked: Tensor  # [B] long, masked positions of each current block (`StepView.n_masked`)
     block_start: Tensor  # [B] long, first position of each sequence's current block
     starts: tuple[int, ...]  # block_start on the host
     masked_left: tuple[int, ...]  # n_masked on the host
     active: tuple[bool, ...]  # the sequences not done, on the host
-    rows: Rows  # the True entries of need
+    rows: Rows  # the positions the cache mode needs computed (`_next_rows`'s need)
     repeated: bool = False  # the last step's plan again (`repeat`): the cache mode has nothing to update
     tables: _KeyTables = field(default_factory=_KeyTables)
 
@@ -201,7 +200,7 @@ class _Plan:
         stats, left = sizes[:5], tuple(sizes[5:5 + b])
         active, starts = tuple(bool(a) for a in sizes[5 + b:5 + 2 * b]), tuple(sizes[5 + 2 * b:])
         rows = Rows.from_stats(need, stats, last.rows if last else None)
-        return cls(view, need, masked_block, n_masked, block_start, starts, left, active, rows)
+        return cls(view, masked_block, n_masked, block_start, starts, left, active, rows)
 
     def repeat(self, masked: Tensor, committed: Tensor, left: list[int]) -> "_Plan":
         """This plan again for the next step, after commits that moved no block under a steady cache mode
@@ -211,7 +210,7 @@ class _Plan:
         view = BlockView(in_sequence=v.in_sequence, masked=masked, before_block_end=v.before_block_end,
                          in_block=v.in_block, block_start_step=v.block_start_step, block_last=v.block_last,
                          in_finished_block=v.in_finished_block)
-        return _Plan(view=view, need=self.need, masked_block=self.masked_block & masked,
+        return _Plan(view=view, masked_block=self.masked_block & masked,
                      n_masked=self.n_masked - committed, block_start=self.block_start, starts=self.starts,
                      masked_left=tuple(left), active=self.active, rows=self.rows, repeated=True, tables=self.tables)
 
